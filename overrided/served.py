@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -125,4 +124,23 @@ class Transfer:
         return self.sent / self.duration if self.duration > 0 else 0.0
 
 
-TransferSink = Callable[[Transfer], None]
+class TransferObserver(Protocol):
+    """Told when a transfer starts and when it ends (any outcome), by TFTP and HTTP alike."""
+
+    def started(self, transfer: Transfer) -> None:
+        """A request was accepted and its blob opened."""
+        ...
+
+    def finished(self, transfer: Transfer) -> None:
+        """The transfer ended; ``outcome``, ``sent``, ``duration`` and ``reason`` are final."""
+        ...
+
+
+class NoObserver:
+    """A ``TransferObserver`` that ignores everything (a standalone server with no service)."""
+
+    def started(self, transfer: Transfer) -> None:
+        """Ignore."""
+
+    def finished(self, transfer: Transfer) -> None:
+        """Ignore."""

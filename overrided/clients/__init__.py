@@ -1,0 +1,40 @@
+"""Override descriptions per bootloader: each module renders a board's ``Artifacts`` into files.
+
+A renderer is a pure function ``render(artifacts) -> dict[served name, bytes]``. The service core
+builds ``Artifacts`` after it has published a board's FIT/kernel/DTB/initrd blobs under versioned
+names, calls the renderers the board asks for, and publishes their output in the same catalog
+swap, so a description never names an artifact from another build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What a board's descriptions may refer to. Every name is a served, versioned name."""
+
+    board: str  # board name (file stem, or hostname for a board known only by hostname)
+    hostname: str  # barebox global.hostname
+    user: str  # barebox global.user ("none" by default)
+    arch: str  # "arm64", "arm", ...
+    provenance: str  # one line: build, configuration, match reason, render time
+    fit: str | None = None  # per-board FIT holding only the matched configuration (its default)
+    configuration: str | None = None  # that configuration's unit name inside the FIT
+    kernel: str | None = None  # plain kernel image
+    oftree: str | None = None  # the board's DTB, from the matched configuration
+    overlays: tuple[str, ...] = ()  # DT overlays to apply on top
+    initrd: str | None = None  # concatenated initrd (modules CPIO + init CPIO)
+    # barebox override modes (design.md): how each part replaces or joins the boot entry's own
+    image_mode: Literal["fit", "kernel"] | None = "fit"
+    oftree_mode: Literal["fit", "keep", "board", "overlays"] | None = "fit"
+    initrd_mode: Literal["replace", "append"] | None = "replace"
+    bootargs: dict[str, str] = field(default_factory=dict)  # name → value (linux.bootargs.dyn.*)
+    mac: str | None = None  # board MAC address, "52:54:00:12:34:56", for pxelinux.cfg/01-<mac>
+    http_base: str | None = None  # e.g. "http://192.0.2.1:8080/", for HTTP-loading clients
+
+
+Renderer = Callable[[Artifacts], dict[str, bytes]]
