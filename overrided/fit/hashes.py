@@ -1,0 +1,124 @@
+"""Image hash nodes: digests as FIT stores them, and adding ``hash-1`` where an image has none.
+
+Linux's make_fit.py writes no hash nodes, but barebox with ``verify=hash``/``signature`` needs
+``hash-1`` in every image and mkimage refuses to sign a configuration whose images lack one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+
+import libfdt
+
+from overrided.fit.model import FitError
+
+# fit.md §1.1: the algorithms both bootloaders know for hash-N/algo.
+HASH_ALGOS: tuple[str, ...] = ("crc32", "md5", "sha1", "sha256", "sha384", "sha512")
+
+_FDT_ERR_NOSPACE = 3
+_FDT_ERR_NOTFOUND = 1
+
+
+def digest(algo: str, data: bytes | bytearray | memoryview) -> bytes:
+    """The raw ``hash-N/value`` for `data` under `algo` (crc32 is a big-endian 32-bit cell)."""
+    if algo == "crc32":
+        return struct.pack(">I", zlib.crc32(data) & 0xFFFFFFFF)
+    if algo not in HASH_ALGOS:
+        raise FitError(f"unknown hash algo {algo!r} (known: {', '.join(HASH_ALGOS)})")
+    return hashlib.new(algo, data).digest()
+
+
+def _aligned_end(totalsize: int) -> int:
+    # fit.md §1.1: external data-offset counts from the first 4-byte-aligned byte after the FDT.
+    return (totalsize + 3) & ~3
+
+
+def _image_data(blob: bytes, fdt: libfdt.FdtRo, node: int, where: str) -> bytes:
+    """The stored bytes of an image node: embedded ``data`` or external offset/position + size."""
+    data = fdt.getprop(node, "data", quiet=(_FDT_ERR_NOTFOUND,))
+    if not isinstance(data, int):
+        return bytes(data)
+    size = fdt.getprop(node, "data-size", quiet=(_FDT_ERR_NOTFOUND,))
+    if isinstance(size, int):
+        raise FitError(f"{where}: no data, data-offset or data-position")
+    length = size.as_uint32()
+    offset = fdt.getprop(node, "data-offset", quiet=(_FDT_ERR_NOTFOUND,))
+    if not isinstance(offset, int):
+        start = _aligned_end(fdt.totalsize()) + offset.as_uint32()
+    else:
+        position = fdt.getprop(node, "data-position", quiet=(_FDT_ERR_NOTFOUND,))
+        if isinstance(position, int):
+            raise FitError(f"{where}: data-size without data-offset or data-position")
+        start = position.as_uint32()
+    if start + length > len(blob):
+        raise FitError(f"{where}: external data {start:#x}+{length:#x} lies beyond the file end")
+    return blob[start : start + length]
+
+
+def _subnodes(fdt: libfdt.FdtRo, node: int) -> list[int]:
+    out = []
+    child = fdt.first_subnode(node, quiet=(_FDT_ERR_NOTFOUND,))
+    while child >= 0:
+        out.append(child)
+        child = fdt.next_subnode(child, quiet=(_FDT_ERR_NOTFOUND,))
+    return out
+
+
+def images_without_hash(blob: bytes) -> list[str]:
+    """Unit names of the images in `blob` that have no ``hash*`` subnode."""
+    fdt = _open(blob)
+    images = fdt.path_offset("/images", quiet=(_FDT_ERR_NOTFOUND,))
+    if images < 0:
+        return []
+    return [
+        fdt.get_name(img)
+        for img in _subnodes(fdt, images)
+        if not any(fdt.get_name(c).startswith("hash") for c in _subnodes(fdt, img))
+    ]
+
+
+def _open(blob: bytes) -> libfdt.Fdt:
+    try:
+        return libfdt.Fdt(blob[: struct.unpack_from(">I", blob, 4)[0]])
+    except (libfdt.FdtException, struct.error) as err:
+        raise FitError(f"not a FIT (bad FDT header: {err})") from None
+
+
+def add_missing_hashes(blob: bytes, algo: str = "sha256") -> bytes:
+    """Return `blob` with a ``hash-1 { algo; value; }`` node added to every image lacking one.
+
+    Images that already have a hash node are left alone, so nothing changes when none is
+    missing. External data (``data-offset``/``data-position``) is kept external: the bytes after
+    the FDT are carried over and ``data-position`` values move by the growth of the FDT.
+    Adding nodes changes the hashed bytes of any configuration that references such an image,
+    so a FIT must be (re-)signed after this, never before.
+    """
+    digest(algo, b"")  # reject an unknown algo before touching anything
+    missing = images_without_hash(blob)
+    if not missing:
+        return blob
+    fdt = _open(blob)
+    old_end = _aligned_end(fdt.totalsize())
+    values = {}
+    for name in missing:
+        node = fdt.path_offset(f"/images/{name}")
+        values[name] = digest(algo, _image_data(blob, fdt, node, f"/images/{name}"))
+    fdt.resize(fdt.totalsize() + 256 * len(missing) + 64)
+    for name, value in values.items():
+        node = fdt.add_subnode(fdt.path_offset(f"/images/{name}"), "hash-1")
+        fdt.setprop_str(node, "algo", algo)
+        fdt.setprop(node, "value", value)
+    fdt.pack()
+    tail = blob[old_end:]
+    if not tail:
+        return bytes(fdt.as_bytearray())
+    new_end = _aligned_end(fdt.totalsize())
+    images = fdt.path_offset("/images")
+    for img in _subnodes(fdt, images):
+        position = fdt.getprop(img, "data-position", quiet=(_FDT_ERR_NOTFOUND,))
+        if not isinstance(position, int):
+            fdt.setprop_u32(img, "data-position", position.as_uint32() + new_end - old_end)
+    head = bytes(fdt.as_bytearray())
+    return head + bytes(new_end - len(head)) + tail
