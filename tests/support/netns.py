@@ -1,0 +1,93 @@
+"""Network namespaces for tests: an isolated loopback with extra addresses and optional netem.
+
+A namespace gives a test its own port 69 and its own addresses, so a TFTP server there cannot
+clash with anything on the host, and ``tc ... netem`` on its ``lo`` affects only that test.
+Names are unique per process (``ovd-<pid>-<n>``); ``close`` deletes the namespace, which also
+kills nothing by itself: callers stop their own processes first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+_counter = itertools.count(1)
+
+
+class NetnsError(RuntimeError):
+    """An ``ip``/``tc`` command failed; the message carries its stderr."""
+
+
+def _ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise NetnsError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+
+class Netns:
+    """A network namespace with ``lo`` up; a context manager that deletes it on exit."""
+
+    def __init__(self, addresses: Sequence[str] = (), *, prefix: str = "ovd") -> None:
+        self.name = f"{prefix}-{os.getpid()}-{next(_counter)}"
+        self.addresses = tuple(addresses)
+        self._created = False
+
+    def create(self) -> Netns:
+        """Create the namespace, bring ``lo`` up and add the addresses (CIDR, e.g. ``/32``)."""
+        _ip("netns", "add", self.name)
+        self._created = True
+        try:
+            self.ip("link", "set", "lo", "up")
+            for addr in self.addresses:
+                self.ip("addr", "add", addr, "dev", "lo")
+        except Exception:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Delete the namespace (idempotent)."""
+        if self._created:
+            self._created = False
+            _ip("netns", "delete", self.name)
+
+    def __enter__(self) -> Netns:
+        if not self._created:
+            self.create()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` prefixed to run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float = 60, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the namespace and wait (text output captured)."""
+        kw.setdefault("capture_output", True)
+        return subprocess.run(self.wrap(argv), check=check, timeout=timeout, text=True, **kw)
+
+    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start a command inside the namespace (``ip netns exec`` execs it: same pid)."""
+        return subprocess.Popen(self.wrap(argv), **kw)
+
+    def ip(self, *args: str) -> None:
+        """Run ``ip`` inside the namespace."""
+        _ip("-n", self.name, *args)
+
+    def netem(self, spec: str, dev: str = "lo") -> None:
+        """Replace ``dev``'s root qdisc by ``netem <spec>``, e.g. ``"loss 2%"``."""
+        argv = ["tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split()]
+        proc = self.run(argv, check=False)
+        if proc.returncode != 0:
+            raise NetnsError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+
+    def clear_netem(self, dev: str = "lo") -> None:
+        """Remove the root qdisc again (no error if there is none)."""
+        self.run(["tc", "qdisc", "del", "dev", dev, "root"], check=False)
