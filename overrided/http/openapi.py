@@ -1,0 +1,267 @@
+"""``/openapi.json``: the API described from the same pydantic models the handlers return."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic.json_schema import models_json_schema
+
+from overrided import __version__
+from overrided.http.api import MAX_JOURNAL, Fetch
+from overrided.http.errors import HttpError
+from overrided.http.uploads import UploadAnswer
+from overrided.state import BoardInfo, BuildInfo, Event
+
+_MODELS = (BoardInfo, BuildInfo, Fetch, UploadAnswer, HttpError, Event)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("HttpError"), description)
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+_AUTH: list[dict[str, list[str]]] = [{"token": []}]
+_UNAUTHORIZED = _error("No or wrong bearer token")
+_BUILD = _path_param("build", "Build folder name (letters, digits, . _ + -)")
+
+
+def _upload_responses() -> dict[str, Any]:
+    return {
+        "201": {
+            "description": "Stored and indexed; text, or JSON with Accept: application/json",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/json": {"schema": _ref("UploadAnswer")},
+            },
+        },
+        "400": _error("Bad name or incomplete body"),
+        "401": _UNAUTHORIZED,
+        "413": _error("Over the upload size limit"),
+        "422": _error("The build was refused by indexing; the previous files are kept"),
+    }
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (JSON Schema 2020-12, which pydantic emits)."""
+    _, defs = models_json_schema(
+        [(m, "serialization") for m in _MODELS], ref_template="#/components/schemas/{model}"
+    )
+    schemas = defs["$defs"]
+    artifact_headers = {"ETag": {"schema": {"type": "string"}}}
+    artifact = {
+        "parameters": [_path_param("name", "A served name; may contain '/' (pxelinux.cfg/...)")],
+        "get": {
+            "summary": "Download a served artifact (Range, If-Range, If-None-Match honoured)",
+            "operationId": "getArtifact",
+            "responses": {
+                "200": {
+                    "description": "The artifact",
+                    "headers": artifact_headers,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+                "206": {"description": "One byte range of the artifact"},
+                "304": {"description": "Not modified (ETag matched)"},
+                "404": _error("Not served, with the reason"),
+                "416": _error("Range outside the artifact"),
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "overrided",
+            "version": __version__,
+            "description": "Per-board boot artifacts, uploads of kernel builds, and what "
+            "every board fetched. Writes need `Authorization: Bearer <token>`.",
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/api/boards": {
+                "get": {
+                    "summary": "Every board as resolved now",
+                    "operationId": "listBoards",
+                    "responses": {
+                        "200": _json({"type": "array", "items": _ref("BoardInfo")}, "Boards")
+                    },
+                }
+            },
+            "/api/boards/{name}": {
+                "parameters": [_path_param("name", "Board name or hostname")],
+                "get": {
+                    "summary": "One board: build, configuration, reason, served names, warnings",
+                    "operationId": "getBoard",
+                    "responses": {
+                        "200": _json(_ref("BoardInfo"), "The board"),
+                        "404": _error("No such board"),
+                    },
+                },
+            },
+            "/api/boards/{name}/journal": {
+                "parameters": [
+                    _path_param("name", "Board name or hostname"),
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_JOURNAL},
+                    },
+                ],
+                "get": {
+                    "summary": "The board's last fetches over TFTP and HTTP, newest first",
+                    "operationId": "getBoardJournal",
+                    "responses": {
+                        "200": _json({"type": "array", "items": _ref("Fetch")}, "Fetches"),
+                        "400": _error("Bad limit"),
+                        "404": _error("No such board"),
+                    },
+                },
+            },
+            "/api/builds": {
+                "get": {
+                    "summary": "Every build folder",
+                    "operationId": "listBuilds",
+                    "responses": {
+                        "200": _json({"type": "array", "items": _ref("BuildInfo")}, "Builds")
+                    },
+                }
+            },
+            "/api/builds/{name}": {
+                "parameters": [_path_param("name", "Build name")],
+                "get": {
+                    "summary": "One build with its configurations and their compatibles",
+                    "operationId": "getBuild",
+                    "responses": {
+                        "200": _json(_ref("BuildInfo"), "The build"),
+                        "404": _error("No such build"),
+                    },
+                },
+                "delete": {
+                    "summary": "Remove a build folder; boards re-resolve",
+                    "operationId": "deleteBuild",
+                    "security": _AUTH,
+                    "responses": {
+                        "200": _json({"type": "object"}, "Removed"),
+                        "400": _error("Bad build name"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such build"),
+                    },
+                },
+            },
+            "/api/events": {
+                "get": {
+                    "summary": "Server-sent events: builds indexed, boards rendered, transfers",
+                    "operationId": "streamEvents",
+                    "parameters": [
+                        {
+                            "name": "kinds",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "Comma list of kinds",
+                        },
+                        {
+                            "name": "board",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "text/event-stream; each data line is an Event",
+                            "content": {"text/event-stream": {"schema": _ref("Event")}},
+                        },
+                        "400": _error("Unknown event kind"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "metrics",
+                    "responses": {"200": {"description": "Prometheus text format"}},
+                }
+            },
+            "/builds/{build}": {
+                "parameters": [_BUILD],
+                "put": {
+                    "summary": "Upload a tarball of build outputs",
+                    "operationId": "putBuildTarball",
+                    "security": _AUTH,
+                    "requestBody": {
+                        "content": {
+                            "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                            "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                        }
+                    },
+                    "responses": _upload_responses(),
+                },
+                "post": {
+                    "summary": "Upload several artifacts as multipart/form-data",
+                    "operationId": "postBuildFiles",
+                    "security": _AUTH,
+                    "requestBody": {
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string", "format": "binary"},
+                                }
+                            }
+                        }
+                    },
+                    "responses": _upload_responses(),
+                },
+            },
+            "/builds/{build}/{path}": {
+                "parameters": [
+                    _BUILD,
+                    _path_param("path", "image.fit, modules-*.cpio*, Image*, zImage or *.dtb"),
+                ],
+                "put": {
+                    "summary": "Upload one artifact (curl -T)",
+                    "operationId": "putArtifact",
+                    "security": _AUTH,
+                    "requestBody": {
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        }
+                    },
+                    "responses": _upload_responses(),
+                },
+            },
+            "/{name}": artifact,
+        },
+    }
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    """GET ``/openapi.json``."""
+    return web.json_response(document())
