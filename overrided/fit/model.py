@@ -203,6 +203,7 @@ class Fit:
         self._buf = buf
         self._file = file
         self._fdt_compat: dict[str, list[str]] = {}
+        self.digests: dict[tuple[str, str], bytes] = {}  # (image, algo) -> computed digest
         self.header = read_header(buf, str(path))
         self.nodes, self.strings = _index(buf, self.header, str(path))
         self._load()

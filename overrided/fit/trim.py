@@ -1,0 +1,288 @@
+"""Trim a FIT to one configuration and the images it references, from slices of the source.
+
+The output is assembled, not re-encoded (fit.md §3.5): the structure block is the source's
+with whole subtrees skipped (other configurations, unreferenced images), the strings block is
+copied verbatim (new names only ever appended), and payloads are written straight from the
+source file. So every byte a configuration signature hashes (fit.md §3.2) is the same before
+and after, and the signature stays valid. The edits and whether they touch hashed bytes:
+
+* deleting other configurations and unreferenced images: not hashed (want level 0);
+* setting or inserting ``/configurations/default``: ``/configurations`` is only an ancestor
+  of the signed node, so its properties are not hashed;
+* external data (``data-size`` + ``data-offset``/``data-position``) becomes an embedded
+  ``data`` property in the same place: U-Boot excludes all four names from the hash, barebox
+  reads only embedded data and excludes ``data``;
+* ``add_hashes`` inserts ``hash-1`` nodes into images that have no hash node. That changes
+  hashed bytes, but mkimage refuses to sign a configuration whose images lack hash nodes, so
+  signed configurations never need it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from overrided.fit.hashes import digest
+from overrided.fit.model import (
+    FDT_BEGIN_NODE,
+    FDT_END,
+    FDT_END_NODE,
+    HEADER,
+    PROP_HEADER,
+    Fit,
+    FitError,
+    FitImage,
+    NodeRecord,
+    align4,
+)
+
+# A piece of output: literal bytes, or (file offset, length) of a range of the source.
+Segment = bytes | tuple[int, int]
+
+_EXTERNAL_PROPS = ("data-size", "data-offset", "data-position")
+_BIG = 1 << 20  # ranges from this size on go through copy_file_range/sendfile
+
+
+@dataclass(frozen=True)
+class _Edit:
+    start: int  # source file offsets; start == end inserts
+    end: int
+    replacement: tuple[Segment, ...]
+
+
+class _Strings:
+    """The source strings block, verbatim, plus names appended at its end when missing."""
+
+    def __init__(self, block: bytes) -> None:
+        self.block = block
+        self.extra = bytearray()
+
+    def offset(self, name: str) -> int:
+        key = name.encode() + b"\0"
+        # libfdt's own lookup accepts any position where the name is followed by a NUL.
+        found = self.block.find(key)
+        if found >= 0:
+            return found
+        found = self.extra.find(key)
+        if found < 0:
+            found = len(self.extra)
+            self.extra += key
+        return len(self.block) + found
+
+    def data(self) -> bytes:
+        return self.block + bytes(self.extra)
+
+
+def _prop(strings: _Strings, name: str, value: bytes) -> bytes:
+    """One FDT_PROP tag with its padded value."""
+    head = PROP_HEADER.pack(3, len(value), strings.offset(name))
+    return head + value + bytes(align4(len(value)) - len(value))
+
+
+def _node_begin(name: str) -> bytes:
+    raw = name.encode() + b"\0"
+    return struct.pack(">I", FDT_BEGIN_NODE) + raw + bytes(align4(len(raw)) - len(raw))
+
+
+def _embed(image: FitImage, rec: NodeRecord, strings: _Strings) -> list[_Edit]:
+    """Replace external-data properties by an embedded ``data`` at the first one's place."""
+    props = sorted(
+        (rec.props[n] for n in _EXTERNAL_PROPS if n in rec.props), key=lambda p: p.offset
+    )
+    head = PROP_HEADER.pack(3, image.size, strings.offset("data"))
+    pad = bytes(align4(image.size) - image.size)
+    edits = [_Edit(props[0].offset, props[0].end, (head, (image.data_start, image.size), pad))]
+    edits += [_Edit(p.offset, p.end, ()) for p in props[1:]]
+    return edits
+
+
+def _hash_node(fit: Fit, image: FitImage, strings: _Strings, algo: str) -> bytes:
+    key = (image.name, algo)
+    if key not in fit.digests:
+        fit.digests[key] = digest(algo, image.data())
+    return (
+        _node_begin("hash-1")
+        + _prop(strings, "algo", algo.encode() + b"\0")
+        + _prop(strings, "value", fit.digests[key])
+        + struct.pack(">I", FDT_END_NODE)
+    )
+
+
+def plan(fit: Fit, config: str, *, add_hashes: bool = False) -> list[Segment]:
+    """The output FIT as a list of segments (see `Segment`); pure, nothing is written."""
+    where = f"{fit.path}"
+    if config not in fit.configurations:
+        have = ", ".join(fit.configurations) or "none"
+        raise FitError(f"{where}: no configuration {config!r} (have: {have})")
+    conf = fit.configurations[config]
+    keep = conf.references()
+    missing = [u for u in keep if u not in fit.images]
+    if missing:
+        raise FitError(
+            f"{where}: /configurations/{config} names image {missing[0]!r}, "
+            "which /images does not have"
+        )
+    strings = _Strings(fit.strings)
+    edits: list[_Edit] = []
+    for name in fit.nodes["/images"].children:
+        rec = fit.nodes[f"/images/{name}"]
+        if name not in keep:
+            edits.append(_Edit(rec.begin, rec.end, ()))
+            continue
+        image = fit.images[name]
+        if image.data_location == "missing":
+            raise FitError(f"{where}: /images/{name} has no data")
+        if image.data_location != "embedded":
+            edits += _embed(image, rec, strings)
+        if add_hashes and not image.hashes:
+            edits.append(
+                _Edit(rec.end - 4, rec.end - 4, (_hash_node(fit, image, strings, "sha256"),))
+            )
+    confs = fit.nodes["/configurations"]
+    for name in confs.children:
+        if name != config:
+            rec = fit.nodes[f"/configurations/{name}"]
+            edits.append(_Edit(rec.begin, rec.end, ()))
+    default = _prop(strings, "default", config.encode() + b"\0")
+    if "default" in confs.props:
+        old = confs.props["default"]
+        edits.append(_Edit(old.offset, old.end, (default,)))
+    else:
+        edits.append(_Edit(confs.body, confs.body, (default,)))
+    edits.sort(key=lambda e: (e.start, e.end))
+
+    root = fit.nodes["/"]
+    body: list[Segment] = []
+    pos = root.begin
+    for edit in edits:
+        if edit.start > pos:
+            body.append((pos, edit.start - pos))
+        body.extend(edit.replacement)
+        pos = max(pos, edit.end)
+    body.append((pos, root.end - pos))
+    body.append(struct.pack(">I", FDT_END))
+    struct_size = sum(len(s) if isinstance(s, bytes) else s[1] for s in body)
+
+    hdr = fit.header
+    rsvmap = _rsvmap(fit)
+    strings_block = strings.data()
+    off_struct = HEADER.size + len(rsvmap)
+    off_strings = off_struct + struct_size
+    total = off_strings + len(strings_block)
+    header = HEADER.pack(
+        hdr.magic, total, off_struct, off_strings, HEADER.size, 17, 16,
+        hdr.boot_cpuid_phys, len(strings_block), struct_size,
+    )  # fmt: skip
+    return [header + rsvmap, *body, strings_block]
+
+
+def _rsvmap(fit: Fit) -> bytes:
+    """The memory reservation block, up to and including its all-zero terminator."""
+    buf, off = fit.buffer, fit.header.off_mem_rsvmap
+    end = off
+    while True:
+        if end + 16 > fit.header.totalsize:
+            raise FitError(f"{fit.path}: malformed FDT: memory reservation map has no end")
+        address, size = struct.unpack_from(">QQ", buf, end)
+        end += 16
+        if address == 0 and size == 0:
+            return bytes(buf[off:end])
+
+
+def trim(fit: Fit, config: str, out: Path | BinaryIO, *, add_hashes: bool = False) -> int:
+    """Write a FIT holding only `config` (made default) and its images to `out`; return its size.
+
+    With `add_hashes`, images without a hash node get ``hash-1`` (sha256); see the module
+    docstring for which edits keep an existing configuration signature valid.
+    """
+    segments = plan(fit, config, add_hashes=add_hashes)
+    if isinstance(out, Path):
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as err:
+            raise FitError(f"{out}: cannot write: {err.strerror}") from None
+        try:
+            return write_segments(fit, segments, fd)
+        finally:
+            os.close(fd)
+    view = memoryview(fit.buffer)
+    total = 0
+    for seg in segments:
+        chunk = seg if isinstance(seg, bytes) else view[seg[0] : seg[0] + seg[1]]
+        out.write(chunk)
+        total += len(chunk)
+    return total
+
+
+def trim_bytes(fit: Fit, config: str, *, add_hashes: bool = False) -> bytes:
+    """`trim` into memory."""
+    view = memoryview(fit.buffer)
+    return b"".join(
+        seg if isinstance(seg, bytes) else view[seg[0] : seg[0] + seg[1]]
+        for seg in plan(fit, config, add_hashes=add_hashes)
+    )
+
+
+def write_segments(fit: Fit, segments: Sequence[Segment], fd: int) -> int:
+    """Write `segments` to file descriptor `fd`: small pieces gathered into writev calls,
+    big source ranges copied in the kernel (copy_file_range, else sendfile)."""
+    view = memoryview(fit.buffer)
+    src = fit.fileno()
+    pending: list[bytes | memoryview] = []
+    total = 0
+
+    def flush() -> None:
+        while pending:
+            batch = pending[:512]
+            done = os.writev(fd, batch)
+            # A short write leaves the rest of the batch for the next round.
+            while done:
+                first = pending[0]
+                if done >= len(first):
+                    done -= len(first)
+                    pending.pop(0)
+                else:
+                    pending[0] = memoryview(first)[done:]
+                    done = 0
+
+    for seg in segments:
+        if isinstance(seg, bytes):
+            pending.append(seg)
+            total += len(seg)
+            continue
+        offset, length = seg
+        total += length
+        if src is None or length < _BIG:
+            pending.append(view[offset : offset + length])
+            continue
+        flush()
+        _copy_range(src, fd, offset, length, view)
+    flush()
+    return total
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int, view: memoryview) -> None:
+    """Copy source bytes [offset, offset+length) to `dst` at its position, in the kernel."""
+    end = offset + length
+    try:
+        while offset < end:
+            n = os.copy_file_range(src, dst, end - offset, offset)
+            if n == 0:
+                break
+            offset += n
+    except OSError:
+        pass  # e.g. EXDEV on old kernels or a pipe as dst: try sendfile
+    try:
+        while offset < end:
+            n = os.sendfile(dst, src, offset, end - offset)
+            if n == 0:
+                break
+            offset += n
+    except OSError:
+        pass
+    while offset < end:
+        offset += os.write(dst, view[offset:end])
