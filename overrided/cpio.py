@@ -1,0 +1,1224 @@
+"""newc CPIO archives for initrds: read, write, concatenate, build modules and init archives.
+
+An initrd is a sequence of newc archives, each optionally compressed, separated by NUL padding.
+Linux unpacks it with ``unpack_to_rootfs`` in ``init/initramfs.c``; the reader here walks a file the
+same way, so ``inspect`` reports what the kernel would see and fails where the kernel would fail:
+
+* at a 4-byte-aligned offset (from the start of the whole initrd) a ``'0'`` starts a raw archive;
+* NUL bytes are skipped one at a time;
+* anything else must start a compressed stream the kernel recognises by its magic; exactly one
+  stream is consumed and its output must hold whole archives (alignment inside it counts from the
+  start of the decompressed data, because ``unpack_to_rootfs`` resets ``this_header`` to 0).
+
+gzip, xz, lzma and bzip2 are decoded with the standard library. zstd, lz4 (legacy frame) and lzo
+(lzop) have no decoder in Python 3.11's standard library; we find the stream's end ourselves from
+its framing and pipe exactly those bytes through Debian's ``zstd``, ``lz4`` and ``lzop`` tools,
+which are also what kbuild uses to write these formats (``scripts/Makefile.lib``).
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import lzma
+import os
+import re
+import stat
+import struct
+import subprocess
+import tarfile
+import tempfile
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from overrided.errors import OverridedError
+
+HEADER_SIZE = 110
+MAGIC_NEWC = b"070701"
+MAGIC_CRC = b"070702"
+TRAILER = "TRAILER!!!"
+_CHUNK = 1 << 20
+
+# The kernel's table in lib/decompress.c dispatches on the first two bytes only; we require each
+# format's full magic so that a random file is not taken for a compressed archive. Every magic
+# below starts with the kernel's two bytes, so we accept nothing the kernel would route elsewhere.
+COMPRESSION_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b\x08", "gzip"),
+    (b"\x1f\x9e", "gzip"),  # "old" gzip magic, accepted by lib/decompress.c
+    (b"BZh", "bzip2"),
+    (b"\x5d\x00\x00", "lzma"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x89LZO\x00\r\n\x1a\n", "lzo"),
+    (b"\x02\x21\x4c\x18", "lz4"),  # legacy frame (`lz4 -l`); the kernel has no lz4 frame decoder
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+
+COMPRESSIONS: tuple[str, ...] = ("gzip", "bzip2", "lzma", "xz", "lzo", "lz4", "zstd")
+
+# Commands writing what the kernel reads; levels as kbuild's scripts/Makefile.lib uses them.
+# Names, modes and times are left out of the lzop header so the output is reproducible.
+_COMPRESS_TOOLS: dict[str, list[str]] = {
+    "zstd": ["zstd", "-q", "-c", "-19", "-T0"],
+    "lz4": ["lz4", "-q", "-l", "-9", "-c"],
+    "lzo": ["lzop", "-q", "-9", "-c", "--no-name", "--no-mode", "--no-time"],
+}
+_DECOMPRESS_TOOLS: dict[str, list[str]] = {
+    "zstd": ["zstd", "-q", "-d", "-c"],
+    "lz4": ["lz4", "-q", "-d", "-c"],
+    "lzo": ["lzop", "-q", "-d", "-c"],
+}
+
+
+class CpioError(OverridedError):
+    """A CPIO archive or initrd part is malformed or cannot be used; names the file and offset."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pure format functions
+
+
+def compression_of(head: bytes) -> str | None:
+    """The compression of a stream starting with ``head``; ``None`` for a raw newc archive.
+
+    Raises ``CpioError`` when ``head`` is neither a newc header start nor a known magic.
+    """
+    if head[:6] in (MAGIC_NEWC, MAGIC_CRC):
+        return None
+    for magic, name in COMPRESSION_MAGICS:
+        if head.startswith(magic):
+            return name
+    raise CpioError(f"unknown format (first bytes {head[:8].hex(' ')})")
+
+
+def pad4(n: int) -> int:
+    """Bytes of NUL padding that bring ``n`` to a multiple of 4."""
+    return -n % 4
+
+
+@dataclass(frozen=True)
+class Header:
+    """The 13 fields of a newc header plus the name, as stored."""
+
+    magic: bytes
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    mtime: int
+    filesize: int
+    devmajor: int
+    devminor: int
+    rdevmajor: int
+    rdevminor: int
+    namesize: int
+    check: int
+
+
+_FIELDS = (
+    "ino",
+    "mode",
+    "uid",
+    "gid",
+    "nlink",
+    "mtime",
+    "filesize",
+    "devmajor",
+    "devminor",
+    "rdevmajor",
+    "rdevminor",
+    "namesize",
+    "check",
+)
+_HEX = re.compile(rb"[0-9A-Fa-f]{8}")
+
+
+def parse_header(raw: bytes) -> Header:
+    """Parse a 110-byte newc header; ``ValueError`` names the bad field."""
+    if len(raw) < HEADER_SIZE:
+        raise ValueError(f"truncated header ({len(raw)} of {HEADER_SIZE} bytes)")
+    magic = raw[:6]
+    if magic not in (MAGIC_NEWC, MAGIC_CRC):
+        raise ValueError(f"bad magic {magic!r} (want 070701 or 070702)")
+    values: list[int] = []
+    for i, name in enumerate(_FIELDS):
+        text = raw[6 + 8 * i : 14 + 8 * i]
+        if not _HEX.fullmatch(text):
+            raise ValueError(f"field {name} is not 8 hex digits: {text!r}")
+        values.append(int(text, 16))
+    header = Header(magic, *values)
+    if header.namesize == 0:
+        raise ValueError("namesize is 0 (the name needs at least its NUL)")
+    return header
+
+
+def parse_name(header: Header, raw: bytes) -> str:
+    """Decode the name field (``namesize`` bytes including the NUL); ``ValueError`` if malformed."""
+    if len(raw) < header.namesize:
+        raise ValueError(f"truncated name ({len(raw)} of {header.namesize} bytes)")
+    if raw[header.namesize - 1] != 0:
+        raise ValueError(f"name of {header.namesize} bytes is not NUL-terminated")
+    body = raw[: header.namesize - 1]
+    if 0 in body:
+        raise ValueError("name has a NUL before its end")
+    return os.fsdecode(body)
+
+
+def newc_header(
+    name: str,
+    *,
+    ino: int,
+    mode: int,
+    uid: int = 0,
+    gid: int = 0,
+    nlink: int = 1,
+    mtime: int = 0,
+    filesize: int = 0,
+    devmajor: int = 0,
+    devminor: int = 0,
+    rdevmajor: int = 0,
+    rdevminor: int = 0,
+) -> bytes:
+    """A 070701 header followed by the NUL-terminated name, padded to a multiple of 4."""
+    encoded = os.fsencode(name) + b"\0"
+    fields = (ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor, rdevmajor, rdevminor)
+    for value in fields:
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise CpioError(f"{name}: value {value} does not fit a newc field")
+    head = MAGIC_NEWC + b"".join(b"%08X" % v for v in (*fields, len(encoded), 0)) + encoded
+    return head + b"\0" * pad4(len(head))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One archive member as listed by ``cpio -tv``, plus where it sits."""
+
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    mtime: int
+    size: int
+    ino: int
+    devmajor: int
+    devminor: int
+    rdevmajor: int
+    rdevminor: int
+    target: str | None  # symlink target
+    part_offset: int  # offset of the part (raw archive or compressed stream) in the file
+    offset: int  # offset of the header in the part's (decompressed) data
+
+    @property
+    def is_dir(self) -> bool:
+        """Whether the entry is a directory."""
+        return stat.S_ISDIR(self.mode)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One raw archive or one compressed stream of an initrd file, as the kernel consumes it."""
+
+    path: Path
+    offset: int
+    size: int
+    compression: str | None
+    entries: tuple[Entry, ...] = field(repr=False)
+    archives: int = 1
+
+
+class _Chunks:
+    """A cursor over an iterator of byte chunks: exact reads, skips, and the running offset."""
+
+    def __init__(self, chunks: Iterator[bytes], offset: int = 0) -> None:
+        self._chunks = chunks
+        self._buf = b""
+        self._pos = 0
+        self.offset = offset
+
+    def _fill(self, n: int) -> None:
+        while len(self._buf) - self._pos < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return
+            self._buf = self._buf[self._pos :] + chunk
+            self._pos = 0
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes without consuming them."""
+        self._fill(n)
+        return self._buf[self._pos : self._pos + n]
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end)."""
+        self._fill(n)
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += len(out)
+        self.offset += len(out)
+        return out
+
+    def skip(self, n: int) -> int:
+        """Drop ``n`` bytes without keeping them; returns how many were there."""
+        done = 0
+        while done < n:
+            avail = len(self._buf) - self._pos
+            if avail == 0:
+                self._fill(1)
+                if len(self._buf) - self._pos == 0:
+                    break
+                continue
+            step = min(avail, n - done)
+            self._pos += step
+            done += step
+        self.offset += done
+        return done
+
+    def skip_nuls(self) -> None:
+        """Drop NUL bytes up to the next other byte or the end."""
+        while True:
+            self._fill(1)
+            rest = self._buf[self._pos :]
+            if not rest:
+                return
+            stripped = len(rest) - len(rest.lstrip(b"\0"))
+            self._pos += stripped
+            self.offset += stripped
+            if stripped < len(rest):
+                return
+
+    def drain(self) -> int:
+        """Consume everything left; returns the number of bytes dropped."""
+        return self.skip(1 << 62)
+
+
+def _read_archive(
+    cur: _Chunks, where: Callable[[int], str], part_offset: int, limit: int | None
+) -> Iterator[Entry]:
+    """Entries of one archive at the cursor, up to and excluding the trailer.
+
+    ``where(offset)`` renders a location for messages; ``limit`` is the end of the data when known
+    (a raw file), so that a size beyond it is named as such.
+    """
+    while True:
+        at = cur.offset
+        raw = cur.read(HEADER_SIZE)
+        try:
+            header = parse_header(raw)
+            name = parse_name(header, cur.peek(header.namesize))
+        except ValueError as err:
+            raise CpioError(f"{where(at)}: {err}") from None
+        cur.skip(header.namesize + pad4(HEADER_SIZE + header.namesize))
+        data_at = cur.offset
+        if limit is not None and data_at + header.filesize > limit:
+            raise CpioError(
+                f"{where(at)}: {name!r} claims {header.filesize} bytes of data "
+                f"but only {max(limit - data_at, 0)} remain"
+            )
+        if name == TRAILER:
+            cur.skip(header.filesize + pad4(header.filesize))
+            return
+        target = None
+        if stat.S_ISLNK(header.mode):
+            data = cur.read(header.filesize)
+            got = len(data)
+            target = os.fsdecode(data.rstrip(b"\0"))
+        else:
+            got = cur.skip(header.filesize)
+        if got < header.filesize:
+            raise CpioError(
+                f"{where(at)}: {name!r} claims {header.filesize} bytes of data "
+                f"but the data ends after {got}"
+            )
+        cur.skip(pad4(header.filesize))
+        yield Entry(
+            name=name,
+            mode=header.mode,
+            uid=header.uid,
+            gid=header.gid,
+            nlink=header.nlink,
+            mtime=header.mtime,
+            size=header.filesize,
+            ino=header.ino,
+            devmajor=header.devmajor,
+            devminor=header.devminor,
+            rdevmajor=header.rdevmajor,
+            rdevminor=header.rdevminor,
+            target=target,
+            part_offset=part_offset,
+            offset=at,
+        )
+
+
+def _file_chunks(f: BinaryIO, start: int, end: int | None = None) -> Iterator[bytes]:
+    """Chunks of ``f`` from ``start`` to ``end`` (or the end of file)."""
+    f.seek(start)
+    left = None if end is None else end - start
+    while left is None or left > 0:
+        chunk = f.read(_CHUNK if left is None else min(_CHUNK, left))
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
+        yield chunk
+
+
+class _Decoder(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def needs_input(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, max_length: int = -1, /) -> bytes: ...
+
+
+class _GzipDecoder:
+    """zlib's decompressobj with the interface of lzma's and bz2's decompressors.
+
+    zlib hands back input it did not get to (``unconsumed_tail``) where the others keep it.
+    """
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(wbits=31)  # 16 + 15: one gzip member, like gunzip()
+        self._full = False
+
+    @property
+    def eof(self) -> bool:
+        return self._obj.eof
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._obj.unconsumed_tail and not self._full
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._obj.unused_data
+
+    def decompress(self, data: bytes, max_length: int = -1, /) -> bytes:
+        out = self._obj.decompress(self._obj.unconsumed_tail + data, max(max_length, 0))
+        self._full = max_length > 0 and len(out) == max_length
+        return out
+
+
+def _stdlib_decoder(kind: str) -> _Decoder:
+    if kind == "gzip":
+        return _GzipDecoder()
+    if kind == "xz":
+        return lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    if kind == "lzma":
+        return lzma.LZMADecompressor(lzma.FORMAT_ALONE)
+    return bz2.BZ2Decompressor()
+
+
+class _Consumed:
+    """Filled in by a decompressing generator once its stream has ended: input bytes used."""
+
+    value: int | None = None
+
+
+def _stdlib_stream(
+    f: BinaryIO, start: int, kind: str, consumed: _Consumed, where: str
+) -> Iterator[bytes]:
+    decoder = _stdlib_decoder(kind)
+    used = 0
+    for chunk in _file_chunks(f, start):
+        try:
+            # Bounded output per call keeps memory flat even for highly compressible input.
+            out = decoder.decompress(chunk, _CHUNK)
+            if out:
+                yield out
+            while not decoder.eof and not decoder.needs_input:
+                out = decoder.decompress(b"", _CHUNK)
+                if out:
+                    yield out
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
+            raise CpioError(f"{where}: corrupt {kind} data: {err}") from None
+        if decoder.eof:
+            used += len(chunk) - len(decoder.unused_data)
+            consumed.value = used
+            return
+        used += len(chunk)
+    raise CpioError(f"{where}: {kind} stream is truncated (the file ends after {used} bytes)")
+
+
+def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
+    data = f.read(n)
+    if len(data) < n:
+        raise CpioError(f"{what} is truncated")
+    return data
+
+
+def _zstd_extent(f: BinaryIO, start: int, where: str) -> int:
+    """Length of the one zstd frame at ``start`` (RFC 8878 §3.1.1), the unit the kernel decodes."""
+    f.seek(start + 4)
+    (fhd,) = _read_exact(f, 1, f"{where}: zstd frame header")
+    fcs_flag, single, checksum, did_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
+    if fhd & 0x08:
+        raise CpioError(f"{where}: zstd frame header has its reserved bit set")
+    pos = start + 5 + (0 if single else 1) + (0, 1, 2, 4)[did_flag]
+    pos += (1 if single else 0, 2, 4, 8)[fcs_flag]
+    while True:
+        f.seek(pos)
+        (b0, b1, b2) = _read_exact(f, 3, f"{where}: zstd block header at {pos}")
+        block = b0 | b1 << 8 | b2 << 16
+        last, kind, size = block & 1, (block >> 1) & 3, block >> 3
+        if kind == 3:
+            raise CpioError(f"{where}: zstd block at offset {pos} has the reserved type")
+        pos += 3 + (1 if kind == 1 else size)
+        if last:
+            return pos + (4 if checksum else 0) - start
+
+
+def _lz4_extent(f: BinaryIO, start: int, end: int, where: str) -> int:
+    """Length of the lz4 legacy stream at ``start`` as ``unlz4`` (lib/decompress_unlz4.c) reads it.
+
+    The legacy frame has no end mark: the kernel reads chunk after chunk until fewer than 4 bytes
+    remain or it meets a zero chunk size; a repeated magic is skipped. So whatever follows an lz4
+    stream in an initrd must begin with 4 NUL bytes.
+    """
+    pos = start + 4
+    while end - pos >= 4:
+        f.seek(pos)
+        (word,) = struct.unpack("<I", f.read(4))
+        if word == 0x184C2102:
+            pos += 4
+            continue
+        if word == 0:
+            break
+        if pos + 4 + word > end:
+            raise CpioError(
+                f"{where}: lz4 chunk at offset {pos} claims {word} bytes but the file ends at "
+                f"{end} (data after an lz4 stream must start with 4 NUL bytes)"
+            )
+        pos += 4 + word
+    return pos - start
+
+
+# lzop header flags (lzop's conf.h), which decide which optional fields are present.
+_F_ADLER32_D, _F_ADLER32_C, _F_H_EXTRA_FIELD = 0x1, 0x2, 0x40
+_F_CRC32_D, _F_CRC32_C, _F_H_FILTER = 0x100, 0x200, 0x800
+
+
+def _lzo_extent(f: BinaryIO, start: int, where: str) -> int:
+    """Length of the lzop stream at ``start``: header, blocks, and the zero end-of-stream word."""
+    f.seek(start + 9)
+    (
+        version,
+        _lib,
+    ) = struct.unpack(">HH", _read_exact(f, 4, f"{where}: lzop header"))
+    pos = start + 13
+    if version >= 0x0940:
+        pos += 2 + 2  # version needed to extract; method and level
+    else:
+        pos += 1  # method
+    f.seek(pos)
+    (flags,) = struct.unpack(">I", _read_exact(f, 4, f"{where}: lzop header"))
+    if flags & _F_H_EXTRA_FIELD:
+        raise CpioError(f"{where}: lzop header extra fields are not supported by the kernel")
+    pos += 4 + (4 if flags & _F_H_FILTER else 0) + 4 + 4 + (4 if version >= 0x0940 else 0)
+    f.seek(pos)
+    (name_len,) = _read_exact(f, 1, f"{where}: lzop header")
+    pos += 1 + name_len + 4  # name, header checksum
+    d_sum = 4 if flags & (_F_ADLER32_D | _F_CRC32_D) else 0
+    c_sum = 4 if flags & (_F_ADLER32_C | _F_CRC32_C) else 0
+    while True:
+        f.seek(pos)
+        (dst_len,) = struct.unpack(">I", _read_exact(f, 4, f"{where}: lzo block at {pos}"))
+        pos += 4
+        if dst_len == 0:
+            return pos - start
+        (src_len,) = struct.unpack(">I", _read_exact(f, 4, f"{where}: lzo block at {pos}"))
+        pos += 4 + d_sum + (c_sum if src_len < dst_len else 0) + src_len
+
+
+def _tool_stream(
+    f: BinaryIO, start: int, length: int, kind: str, where: str, file_size: int
+) -> Iterator[bytes]:
+    """Decompress ``length`` bytes at ``start`` through Debian's tool, as a bounded stream."""
+    if start + length > file_size:
+        raise CpioError(f"{where}: {kind} stream is truncated (the file ends at {file_size})")
+    proc = subprocess.Popen(
+        _DECOMPRESS_TOOLS[kind],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin = proc.stdin
+
+    def feed() -> None:
+        try:
+            with open(f.name, "rb") as src:  # own handle: the caller keeps seeking ``f``
+                for chunk in _file_chunks(src, start, start + length):
+                    stdin.write(chunk)
+        except (BrokenPipeError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        while chunk := proc.stdout.read(_CHUNK):
+            yield chunk
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        status = proc.wait()
+        feeder.join()
+    if status != 0:
+        raise CpioError(f"{where}: corrupt {kind} data: {err.splitlines()[-1] if err else status}")
+
+
+def _in_stream(where: str, kind: str) -> Callable[[int], str]:
+    return lambda at: f"{where} ({kind} stream), decompressed offset {at}"
+
+
+def _walk(path: Path) -> Iterator[Entry | Part]:
+    """Every entry of every part of ``path`` as it is read, each part followed by its summary."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; generators cannot use ``with`` early
+    except OSError as err:
+        raise CpioError(f"{path}: {err.strerror}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise CpioError(f"{path}: empty file, not a CPIO archive")
+        pos = 0
+        found = False
+        while pos < size:
+            f.seek(pos)
+            head = f.read(16)
+            nuls = len(head) - len(head.lstrip(b"\0"))
+            if nuls:
+                pos += nuls
+                continue
+            where = f"{path}: offset {pos}"
+            entries: list[Entry] = []
+            if head[:1] == b"0" and pos % 4 == 0:
+                cur = _Chunks(_file_chunks(f, pos), pos)
+                for entry in _read_archive(cur, lambda at: f"{path}: offset {at}", pos, size):
+                    entries.append(entry)
+                    yield entry
+                end = cur.offset
+                yield Part(path, pos, end - pos, None, tuple(entries))
+                pos = end
+                found = True
+                continue
+            try:
+                kind = compression_of(head)
+            except CpioError as err:
+                if head[:6] in (MAGIC_NEWC, MAGIC_CRC):
+                    raise CpioError(
+                        f"{where}: raw archive starts at an offset that is not a multiple of 4; "
+                        "the kernel takes it for compressed data and fails"
+                    ) from None
+                what = "not a CPIO archive" if not found else "junk after the last archive"
+                raise CpioError(f"{where}: {what}: {err}") from None
+            assert kind is not None
+            consumed = _Consumed()
+            chunks: Iterator[bytes]
+            if kind in ("gzip", "xz", "lzma", "bzip2"):
+                chunks = _stdlib_stream(f, pos, kind, consumed, where)
+            else:
+                if kind == "zstd":
+                    length = _zstd_extent(f, pos, where)
+                elif kind == "lz4":
+                    length = _lz4_extent(f, pos, size, where)
+                else:
+                    length = _lzo_extent(f, pos, where)
+                consumed.value = length
+                chunks = _tool_stream(f, pos, length, kind, where, size)
+            inner = _Chunks(chunks)
+            archives = 0
+            while True:
+                inner.skip_nuls()
+                head = inner.peek(6)
+                if not head:
+                    break
+                dwhere = f"{where} ({kind} stream), decompressed offset {inner.offset}"
+                if head[:1] != b"0" or inner.offset % 4:
+                    raise CpioError(f"{dwhere}: junk within compressed archive")
+                archives += 1
+                for entry in _read_archive(
+                    inner,
+                    _in_stream(where, kind),
+                    pos,
+                    None,
+                ):
+                    entries.append(entry)
+                    yield entry
+            if archives == 0:
+                raise CpioError(f"{where}: {kind} stream holds no CPIO archive")
+            assert consumed.value is not None
+            yield Part(path, pos, consumed.value, kind, tuple(entries), archives)
+            pos += consumed.value
+            found = True
+
+
+def entries(path: Path) -> Iterator[Entry]:
+    """Every member of every archive in ``path`` (trailers left out), streaming."""
+    for item in _walk(path):
+        if isinstance(item, Entry):
+            yield item
+
+
+def inspect(path: Path) -> list[Part]:
+    """The parts of an initrd file as the kernel would unpack them, each with its members."""
+    return [item for item in _walk(path) if isinstance(item, Part)]
+
+
+def decompressed(path: Path, offset: int = 0) -> Iterator[bytes]:
+    """The bytes of ``path`` from ``offset``, decompressed when a known magic starts there."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        head = f.read(16)
+        try:
+            kind = compression_of(head)
+        except CpioError:
+            kind = None
+        if kind is None:
+            yield from _file_chunks(f, offset)
+            return
+        where = f"{path}: offset {offset}"
+        if kind in ("gzip", "xz", "lzma", "bzip2"):
+            yield from _stdlib_stream(f, offset, kind, _Consumed(), where)
+            return
+        size = os.fstat(f.fileno()).st_size
+        if kind == "zstd":
+            length = _zstd_extent(f, offset, where)
+        elif kind == "lz4":
+            length = _lz4_extent(f, offset, size, where)
+        else:
+            length = _lzo_extent(f, offset, where)
+        yield from _tool_stream(f, offset, length, kind, where, size)
+
+
+# --------------------------------------------------------------------------------------------
+# Concatenation
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """Where one input part landed in a concatenated initrd."""
+
+    path: Path
+    offset: int
+    size: int
+    compression: str | None
+    padding: int  # NUL bytes written after the part
+
+
+def check_part(path: Path) -> str | None:
+    """Validate that ``path`` starts like a CPIO part; returns its compression (``None`` = raw).
+
+    A raw part must start with a parseable newc header and name; a compressed one with a magic the
+    kernel recognises. Leading NULs are allowed, since the kernel skips them.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(_CHUNK)
+            start = len(head) - len(head.lstrip(b"\0"))
+            if start == len(head):
+                raise CpioError(f"{path}: {'empty file' if size == 0 else 'only NUL bytes'}")
+            if start % 4:
+                raise CpioError(
+                    f"{path}: offset {start}: data after leading NULs is not 4-byte aligned"
+                )
+            try:
+                kind = compression_of(head[start : start + 16])
+            except CpioError as err:
+                raise CpioError(f"{path}: offset {start}: not a CPIO archive: {err}") from None
+            if kind is None:
+                cur = _Chunks(_file_chunks(f, start), start)
+                next(_read_archive(cur, lambda at: f"{path}: offset {at}", start, size), None)
+            return kind
+    except OSError as err:
+        raise CpioError(f"{path}: {err.strerror}") from None
+
+
+def _copy(src: int, dst: int, count: int) -> None:
+    """Copy ``count`` bytes between descriptors at their positions, in the kernel if possible."""
+    left = count
+    fast = True
+    while left > 0:
+        if fast:
+            try:
+                n = os.copy_file_range(src, dst, min(left, 1 << 30))
+            except OSError:
+                fast = False  # e.g. EXDEV on old kernels, or a pipe: fall back below
+                continue
+            if n == 0:
+                raise CpioError("input file shrank while it was being copied")
+            left -= n
+            continue
+        try:
+            n = os.sendfile(dst, src, None, min(left, 1 << 30))
+        except OSError:
+            n = -1
+        if n < 0:
+            chunk = os.read(src, min(left, _CHUNK))
+            if not chunk:
+                raise CpioError("input file shrank while it was being copied") from None
+            os.write(dst, chunk)
+            n = len(chunk)
+        elif n == 0:
+            raise CpioError("input file shrank while it was being copied")
+        left -= n
+
+
+def _write_parts(parts: Sequence[tuple[Path, str | None]], out_fd: int) -> list[PartInfo]:
+    placed: list[PartInfo] = []
+    offset = 0
+    for i, (path, kind) in enumerate(parts):
+        with open(path, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            _copy(src.fileno(), out_fd, size)
+        # Every part ends on a multiple of 4, so the next one (raw or not) starts aligned
+        # relative to the whole initrd, as unpack_to_rootfs requires for a raw archive.
+        padding = pad4(size)
+        if kind == "lz4" and i + 1 < len(parts):
+            padding += 4  # unlz4 stops only at a zero chunk size (see _lz4_extent)
+        if padding:
+            os.write(out_fd, b"\0" * padding)
+        placed.append(PartInfo(path, offset, size, kind, padding))
+        offset += size + padding
+    return placed
+
+
+def concat(parts: Sequence[Path], out: Path | BinaryIO) -> list[PartInfo]:
+    """Concatenate CPIO parts (raw or compressed) into one initrd the kernel unpacks fully.
+
+    Every part is checked before anything is written; with a path, the output appears by an atomic
+    rename only when complete, so a bad part leaves no output file.
+    """
+    if not parts:
+        raise CpioError("no parts to concatenate")
+    checked = [(Path(p), check_part(Path(p))) for p in parts]
+    if isinstance(out, Path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            placed = _write_parts(checked, fd)
+            os.fchmod(fd, 0o644)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, out)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return placed
+    out.flush()
+    try:
+        out_fd = out.fileno()
+    except (OSError, AttributeError, ValueError):
+        out_fd = -1
+    if out_fd >= 0:
+        return _write_parts(checked, out_fd)
+    # A file object without a descriptor (e.g. BytesIO): bounded chunks through Python.
+    placed = []
+    offset = 0
+    for i, (path, kind) in enumerate(checked):
+        with open(path, "rb") as src:
+            size = 0
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+        padding = pad4(size) + (4 if kind == "lz4" and i + 1 < len(checked) else 0)
+        out.write(b"\0" * padding)
+        placed.append(PartInfo(path, offset, size, kind, padding))
+        offset += size + padding
+    return placed
+
+
+# --------------------------------------------------------------------------------------------
+# Writing archives from folders
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class _Compressing:
+    """A writable sink that compresses into ``out`` with the stdlib or a Debian tool."""
+
+    def __init__(self, out: BinaryIO, kind: str | None) -> None:
+        self._out = out
+        self._kind = kind
+        self._obj: zlib._Compress | lzma.LZMACompressor | bz2.BZ2Compressor | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pump: threading.Thread | None = None
+        self.written = 0
+        if kind is None:
+            return
+        if kind == "gzip":
+            # No name and mtime 0 in the gzip header keep the output reproducible.
+            self._obj = zlib.compressobj(9, zlib.DEFLATED, 31)
+        elif kind == "xz":
+            # The kernel's xz decoder knows CRC32 but not every check; kbuild uses --check=crc32.
+            self._obj = lzma.LZMACompressor(lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+        elif kind == "lzma":
+            self._obj = lzma.LZMACompressor(lzma.FORMAT_ALONE)
+        elif kind == "bzip2":
+            self._obj = bz2.BZ2Compressor(9)
+        elif kind in _COMPRESS_TOOLS:
+            self._start_tool(_COMPRESS_TOOLS[kind])
+        else:
+            raise CpioError(f"unknown compression {kind!r} (choose from {', '.join(COMPRESSIONS)})")
+
+    def _start_tool(self, cmd: list[str]) -> None:
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except FileNotFoundError:
+            raise CpioError(f"{cmd[0]} is not installed; it is needed for {self._kind}") from None
+        stdout = self._proc.stdout
+        assert stdout is not None
+
+        def pump() -> None:
+            while chunk := stdout.read(_CHUNK):
+                self._out.write(chunk)
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+
+    def write(self, data: bytes) -> None:
+        """Add uncompressed bytes."""
+        self.written += len(data)
+        if self._proc is not None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(data)
+        elif self._obj is not None:
+            self._out.write(self._obj.compress(data))
+        else:
+            self._out.write(data)
+
+    def close(self) -> None:
+        """Finish the compressed stream."""
+        if self._proc is not None:
+            assert self._proc.stdin is not None and self._pump is not None
+            self._proc.stdin.close()
+            self._pump.join()
+            if self._proc.wait() != 0:
+                raise CpioError(f"{self._kind} compression failed (status {self._proc.returncode})")
+        elif self._obj is not None:
+            self._out.write(self._obj.flush())
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    source: Path | None  # None for directories made up by us (parents of the prefix)
+    mode: int
+    mtime: int
+    nlink: int = 1
+    ino_key: tuple[int, int] | None = None  # (st_dev, st_ino) for hard-linked files
+    rdev: int = 0
+
+
+class NewcWriter:
+    """Writes newc entries the way ``gen_init_cpio`` does: inodes from 721, devmajor 3 minor 1."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+        self._next_ino = 721
+        self._inos: dict[tuple[int, int], int] = {}
+        self.size = 0
+
+    def _put(self, data: bytes) -> None:
+        self._sink.write(data)
+        self.size += len(data)
+
+    def add(self, member: _Member, *, uid: int = 0, gid: int = 0, last_link: bool = True) -> None:
+        """Write one member; regular-file data is streamed from ``member.source``."""
+        if member.ino_key is not None and member.ino_key in self._inos:
+            ino = self._inos[member.ino_key]
+        else:
+            ino = self._next_ino
+            self._next_ino += 1
+            if member.ino_key is not None:
+                self._inos[member.ino_key] = ino
+        data = b""
+        size = 0
+        if stat.S_ISLNK(member.mode):
+            assert member.source is not None
+            data = os.fsencode(os.readlink(member.source))
+            size = len(data)
+        elif stat.S_ISREG(member.mode) and last_link:
+            assert member.source is not None
+            size = member.source.stat().st_size
+        self._put(
+            newc_header(
+                member.name,
+                ino=ino,
+                mode=member.mode,
+                uid=uid,
+                gid=gid,
+                nlink=member.nlink,
+                mtime=member.mtime,
+                filesize=size,
+                devmajor=3,
+                devminor=1,
+                rdevmajor=os.major(member.rdev),
+                rdevminor=os.minor(member.rdev),
+            )
+        )
+        if data:
+            self._put(data)
+        elif size:
+            assert member.source is not None
+            done = 0
+            with open(member.source, "rb") as src:
+                while done < size and (chunk := src.read(min(_CHUNK, size - done))):
+                    self._put(chunk)
+                    done += len(chunk)
+            if done != size:
+                raise CpioError(f"{member.source}: file changed size while it was archived")
+        self._put(b"\0" * pad4(size))
+
+    def trailer(self) -> None:
+        """Write the trailer and pad the archive to 512 bytes like gen_init_cpio and GNU cpio."""
+        self._put(newc_header(TRAILER, ino=0, mode=0, nlink=1))
+        self._put(b"\0" * (-self.size % 512))
+
+
+def _tree_members(
+    root: Path, prefix: str, *, normalise_modes: bool, mtime: int | None
+) -> list[_Member]:
+    """Members for everything under ``root``, named ``prefix/<relative path>``, in C sort order."""
+    found: list[tuple[bytes, _Member, os.stat_result]] = []
+    links: dict[tuple[int, int], int] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in (*dirnames, *filenames):
+            p = Path(dirpath) / n
+            st = p.lstat()
+            rel = p.relative_to(root).as_posix()
+            name = f"{prefix}/{rel}" if prefix else rel
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                links[key] = links.get(key, 0) + 1
+            found.append((os.fsencode(name), _Member(name, p, 0, 0), st))
+    found.sort(key=lambda t: t[0])  # LANG=C sort: parents before children
+    members = []
+    for _, m, st in found:
+        mode = st.st_mode
+        if not (
+            stat.S_ISREG(mode)
+            or stat.S_ISDIR(mode)
+            or stat.S_ISLNK(mode)
+            or stat.S_ISCHR(mode)
+            or stat.S_ISBLK(mode)
+            or stat.S_ISFIFO(mode)
+        ):
+            raise CpioError(f"{m.source}: cannot archive this file type (socket?)")
+        if normalise_modes:
+            # Same bytes whatever the builder's umask: 0755 dirs and executables, 0644 the rest.
+            perm = 0o777 if stat.S_ISLNK(mode) else 0o644
+            if stat.S_ISDIR(mode) or (stat.S_ISREG(mode) and mode & 0o111):
+                perm = 0o755
+            mode = stat.S_IFMT(mode) | perm
+        key = (st.st_dev, st.st_ino)
+        nlink = links.get(key, 1) if stat.S_ISREG(mode) else (2 if stat.S_ISDIR(mode) else 1)
+        members.append(
+            _Member(
+                name=m.name,
+                source=m.source,
+                mode=mode,
+                mtime=int(st.st_mtime) if mtime is None else mtime,
+                nlink=nlink,
+                ino_key=key if nlink > 1 and stat.S_ISREG(mode) else None,
+                rdev=st.st_rdev if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0,
+            )
+        )
+    return members
+
+
+def _write_archive(members: Iterable[_Member], out: Path | BinaryIO, compress: str | None) -> None:
+    """Write members as one newc archive, compressed if asked; atomically when ``out`` is a path."""
+    members = list(members)
+    # With hard links, the data goes with the last name, as GNU cpio and gen_init_cpio do.
+    last_of: dict[tuple[int, int], str] = {}
+    for m in members:
+        if m.ino_key is not None:
+            last_of[m.ino_key] = m.name
+
+    def emit(stream: BinaryIO) -> None:
+        sink = _Compressing(stream, compress)
+        writer = NewcWriter(sink)
+        for m in members:
+            last = m.ino_key is None or last_of[m.ino_key] == m.name
+            writer.add(m, last_link=last)
+        writer.trailer()
+        sink.close()
+
+    if isinstance(out, Path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                emit(stream)
+                os.fchmod(stream.fileno(), 0o644)
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:
+        emit(out)
+
+
+_RELEASE = re.compile(r"[0-9][^/\s]*")
+
+
+def _modules_root(tree: Path) -> tuple[Path, str]:
+    """The ``<release>`` folder inside ``tree`` and the archive prefix it belongs under."""
+    if (tree / "modules.order").exists() or (tree / "kernel").is_dir():
+        return tree, f"lib/modules/{tree.name}"
+    for base in ("lib/modules", "usr/lib/modules"):
+        folder = tree / base
+        if folder.is_dir():
+            releases = sorted(p for p in folder.iterdir() if p.is_dir())
+            if len(releases) != 1:
+                names = ", ".join(p.name for p in releases) or "none"
+                raise CpioError(f"{folder}: want exactly one kernel release folder, found {names}")
+            return releases[0], f"{base}/{releases[0].name}"
+    raise CpioError(f"{tree}: no lib/modules/<release> folder (nor modules.order or kernel/ in it)")
+
+
+def modules_cpio(
+    tree: Path,
+    out: Path | BinaryIO,
+    *,
+    compress: str | None = None,
+    source_date_epoch: int | None = None,
+) -> str:
+    """Write the modules archive ``make modules-cpio-pkg`` would, reproducibly; returns the release.
+
+    ``tree`` is a ``lib/modules/<release>`` folder, a folder holding ``lib/modules/<release>`` (or
+    ``usr/lib/modules/<release>``, kept there), or a tarball of either. Differences from kbuild,
+    all for reproducibility: uid/gid 0, modes normalised (0755/0644), and every mtime is
+    ``source_date_epoch`` when given (kbuild stamps only directories with the build time).
+    """
+    if tree.is_file():
+        with tempfile.TemporaryDirectory(prefix="overrided-modules-") as tmp:
+            try:
+                with tarfile.open(tree) as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, OSError) as err:
+                raise CpioError(f"{tree}: not a readable modules tarball: {err}") from None
+            return modules_cpio(
+                Path(tmp), out, compress=compress, source_date_epoch=source_date_epoch
+            )
+    if not tree.is_dir():
+        raise CpioError(f"{tree}: no such folder or tarball")
+    root, prefix = _modules_root(tree)
+    release = root.name
+    if not _RELEASE.fullmatch(release):
+        raise CpioError(f"{root}: {release!r} does not look like a kernel release")
+    # The folders leading to the modules (lib, lib/modules, lib/modules/<release>) come first.
+    mtime = int(root.stat().st_mtime) if source_date_epoch is None else source_date_epoch
+    steps = prefix.split("/")
+    parents = [
+        _Member("/".join(steps[:i]), None, stat.S_IFDIR | 0o755, mtime, nlink=2)
+        for i in range(1, len(steps) + 1)
+    ]
+    members = _tree_members(root, prefix, normalise_modes=True, mtime=source_date_epoch)
+    _write_archive([*parents, *members], out, compress)
+    return release
+
+
+def init_cpio_from_dir(
+    folder: Path,
+    out: Path | BinaryIO,
+    *,
+    compress: str | None = None,
+    source_date_epoch: int | None = None,
+) -> None:
+    """Write a newc archive of everything in ``folder`` (an init's root), uid/gid 0.
+
+    Modes are kept as they are (``/init`` must stay executable); device nodes and symlinks are
+    archived as such.
+    """
+    if not folder.is_dir():
+        raise CpioError(f"{folder}: not a folder")
+    members = _tree_members(folder, "", normalise_modes=False, mtime=source_date_epoch)
+    if not members:
+        raise CpioError(f"{folder}: empty folder, nothing to archive")
+    _write_archive(members, out, compress)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+_MODULES_PATH = re.compile(r"^(usr/)?lib/modules/([^/]+)(?:/|$)")
+
+
+def _clean(name: str) -> str:
+    while name.startswith(("./", "/")):
+        name = name[2:] if name.startswith("./") else name[1:]
+    return name
+
+
+def initrd_warnings(parts: Sequence[Path], kernel_release: str | None) -> list[str]:
+    """Warnings about an initrd made of ``parts`` (in order) for a kernel of ``kernel_release``.
+
+    Names modules for another release, modules only under ``usr/lib/modules`` with no ``lib``
+    symlink (inits such as rsinit look only in ``/lib/modules/$(uname -r)``), and paths that
+    several parts carry (the later part wins).
+    """
+    warnings: list[str] = []
+    owner: dict[str, tuple[str, bool]] = {}
+    duplicates: list[str] = []
+    releases: dict[str, set[str]] = {}  # release -> the prefixes it sits under
+    lib_link = False
+    for path in parts:
+        for part in inspect(path):
+            label = f"{path}" if part.offset == 0 else f"{path}@{part.offset}"
+            for e in part.entries:
+                name = _clean(e.name)
+                if not name or name == ".":
+                    continue
+                m = _MODULES_PATH.match(name)
+                if m:
+                    releases.setdefault(m.group(2), set()).add(m.group(1) or "")
+                if name == "lib" and stat.S_ISLNK(e.mode):
+                    lib_link = True
+                prev = owner.get(name)
+                if prev is not None and prev[0] != label and not (prev[1] and e.is_dir):
+                    duplicates.append(f"{name} ({prev[0]}, then {label})")
+                owner[name] = (label, e.is_dir)
+    if kernel_release is not None:
+        for release in sorted(releases):
+            if release != kernel_release:
+                warnings.append(
+                    f"modules are for release {release} but the kernel is {kernel_release}: "
+                    f"modprobe looks in /lib/modules/{kernel_release} and will not find them"
+                )
+    for release, where in sorted(releases.items()):
+        if where == {"usr/"} and not lib_link:
+            warnings.append(
+                f"modules sit under usr/lib/modules/{release} and nothing provides "
+                f"lib/modules/{release} (no lib -> usr/lib symlink): inits that look only in "
+                "/lib/modules, such as rsinit, will not find them"
+            )
+    if duplicates:
+        shown = "; ".join(duplicates[:5])
+        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        warnings.append(
+            f"{len(duplicates)} path(s) appear in more than one part, the later part wins: "
+            f"{shown}{more}"
+        )
+    return warnings
