@@ -101,9 +101,10 @@ def _near_misses(fit: Fit, board: Sequence[str], rule: Rule) -> list[Candidate]:
     everything = {
         c: conf for conf in fit.configurations.values() for c in conf.effective_compatible(fit)
     }
-    for value in difflib.get_close_matches(board[0], list(everything), n=3, cutoff=0.6):
+    for value in difflib.get_close_matches(board[0], list(everything), n=5, cutoff=0.6):
         conf = everything[value]
-        near.append(Candidate(conf.name, tuple(conf.effective_compatible(fit)), _source(conf)))
+        if all(c.config != conf.name for c in near):
+            near.append(Candidate(conf.name, tuple(conf.effective_compatible(fit)), _source(conf)))
     return near
 
 

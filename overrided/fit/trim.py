@@ -116,8 +116,9 @@ def plan(fit: Fit, config: str, *, add_hashes: bool = False) -> list[Segment]:
     """The output FIT as a list of segments (see `Segment`); pure, nothing is written."""
     where = f"{fit.path}"
     if config not in fit.configurations:
-        have = ", ".join(fit.configurations) or "none"
-        raise FitError(f"{where}: no configuration {config!r} (have: {have})")
+        names = list(fit.configurations)
+        have = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        raise FitError(f"{where}: no configuration {config!r} (have: {have or 'none'})")
     conf = fit.configurations[config]
     keep = conf.references()
     missing = [u for u in keep if u not in fit.images]
