@@ -13,7 +13,10 @@ from overrided.errors import OverridedError
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func`` to a
 # callable taking the parsed namespace and returning an exit status.
-COMMAND_MODULES: tuple[str, ...] = ("overrided.commands.cpio",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "overrided.commands.fit",
+    "overrided.commands.cpio",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
