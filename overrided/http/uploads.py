@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel
 
 from overrided.errors import OverridedError
@@ -374,26 +375,34 @@ async def _multipart(request: web.Request) -> web.Response:
     folder = _build_dir(request)
     staged = Staged(folder)
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise RequestError(400, "nested multipart bodies are not accepted")
-            if not part.filename:
-                raise RequestError(
-                    400, f"multipart part {part.name!r} has no filename: use curl -F 'f=@Image'"
-                )
-            # The part's filename names the artifact; a vendor folder may prefix a DTB.
-            path = check_artifact_path(part.filename)
-            if path in staged.files:
-                raise RequestError(400, f"{path!r} appears twice in the upload")
-            tmp = temp_name(folder, path)
-            staged.files[path] = tmp
-            staged.size += await receive_file(part, tmp, limit - staged.size, None)
+        try:
+            await _receive_parts(request, staged, limit)
+        except (ValueError, HttpProcessingError) as err:  # how aiohttp's reader says "malformed"
+            message = getattr(err, "message", None) or str(err)
+            raise RequestError(400, f"malformed multipart body: {message}") from err
         if not staged.files:
             raise RequestError(400, "multipart upload holds no files")
         return await finish(request, staged)
     finally:
         staged.discard()
+
+
+async def _receive_parts(request: web.Request, staged: Staged, limit: int) -> None:
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise RequestError(400, "nested multipart bodies are not accepted")
+        if not part.filename:
+            raise RequestError(
+                400, f"multipart part {part.name!r} has no filename: use curl -F 'f=@Image'"
+            )
+        # The part's filename names the artifact; a vendor folder may prefix a DTB.
+        path = check_artifact_path(part.filename)
+        if path in staged.files:
+            raise RequestError(400, f"{path!r} appears twice in the upload")
+        tmp = temp_name(staged.build_dir, path)
+        staged.files[path] = tmp
+        staged.size += await receive_file(part, tmp, limit - staged.size, None)
 
 
 async def delete_build(request: web.Request) -> web.Response:
