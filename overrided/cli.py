@@ -15,6 +15,7 @@ from overrided.errors import OverridedError
 # callable taking the parsed namespace and returning an exit status.
 COMMAND_MODULES: tuple[str, ...] = (
     "overrided.commands.fit",
+    "overrided.commands.tftp",
     "overrided.commands.cpio",
 )
 

@@ -1,0 +1,307 @@
+"""The TFTP server: one listening socket for requests, one socket per transfer (RFC 1350).
+
+Read-only by design: WRQ is refused. The server asks its ``Namespace`` for a name and serves
+the blob it gets back, reading only from the file it opened at request time, so a catalog swap
+during a transfer never mixes versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import struct
+
+from overrided.errors import OverridedError
+from overrided.served import (
+    Namespace,
+    NoObserver,
+    NotServed,
+    Transfer,
+    TransferObserver,
+    clean_name,
+)
+from overrided.tftp.packets import (
+    MAX_BLKSIZE,
+    MAX_REQUEST,
+    MAX_WINDOWSIZE,
+    ErrorCode,
+    Opcode,
+    PacketError,
+    Request,
+    encode_error,
+    negotiate,
+    opcode_of,
+    parse_request,
+)
+from overrided.tftp.transfer import NetasciiSource, OctetSource, ReadTransfer, Source, report
+
+log = logging.getLogger("overrided.tftp")
+
+# Linux values; Python does not export IP_PKTINFO.
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+# Room for a whole window in the kernel, so a window rarely waits for the socket buffer.
+_SNDBUF = 4 * 1024 * 1024
+
+
+class TftpError(OverridedError):
+    """The TFTP server cannot start (bad address, port in use, bad settings)."""
+
+
+def _peer_text(addr: tuple[object, ...]) -> str:
+    host = str(addr[0])
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+
+
+def _local_address(ancdata: list[tuple[int, int, bytes]]) -> str | None:
+    """The address a request was sent to, from IP_PKTINFO / IPV6_PKTINFO ancillary data."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= 12:
+            # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
+            return socket.inet_ntop(socket.AF_INET, data[8:12])
+        if level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO and len(data) >= 20:
+            # struct in6_pktinfo { in6_addr addr; int ifindex; }
+            addr = socket.inet_ntop(socket.AF_INET6, data[:16])
+            ifindex = struct.unpack("=i", data[16:20])[0]
+            return f"{addr}%{ifindex}" if addr.startswith("fe80") else addr
+    return None
+
+
+class TftpServer:
+    """A read-only TFTP server over a ``Namespace`` (RFC 1350, 2347, 2348, 2349, 7440)."""
+
+    def __init__(
+        self,
+        namespace: Namespace,
+        observer: TransferObserver | None = None,
+        *,
+        max_blksize: int = MAX_BLKSIZE,
+        max_windowsize: int = 64,
+        timeout: float = 1.0,
+        retries: int = 5,
+        max_stall: float = 30.0,
+    ) -> None:
+        if not 8 <= max_blksize <= MAX_BLKSIZE:
+            raise TftpError(f"max blksize {max_blksize} is outside 8..{MAX_BLKSIZE} (RFC 2348)")
+        if not 1 <= max_windowsize <= MAX_WINDOWSIZE:
+            raise TftpError(f"max windowsize {max_windowsize} is outside 1..65535 (RFC 7440)")
+        if timeout <= 0 or retries < 0 or max_stall <= 0:
+            raise TftpError("timeout and max stall must be positive, retries not negative")
+        self.namespace = namespace
+        self.observer: TransferObserver = observer if observer is not None else NoObserver()
+        self.max_blksize = max_blksize
+        self.max_windowsize = max_windowsize
+        self.timeout = timeout
+        self.retries = retries
+        self.max_stall = max_stall
+        self.transfers: dict[tuple[object, ...], ReadTransfer] = {}
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._family = socket.AF_INET
+        self._host = ""
+        self._wildcard = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port (useful after ``start(host, 0)``)."""
+        if self._sock is None:
+            raise TftpError("server is not started")
+        return int(self._sock.getsockname()[1])
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind ``host:port`` (IPv4 or IPv6 by the address) and start answering requests."""
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(
+                host or None, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+            )
+        except OSError as err:
+            raise TftpError(f"cannot resolve TFTP address {host!r}: {err}") from None
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+            sock.bind(sockaddr)
+        except OSError as err:
+            sock.close()
+            raise TftpError(f"cannot bind TFTP on {host or '*'}:{port}: {err.strerror}") from None
+        self._sock, self._loop, self._family = sock, loop, family
+        self._host = str(sockaddr[0])
+        self._wildcard = ipaddress.ip_address(self._host.split("%")[0]).is_unspecified
+        loop.add_reader(sock.fileno(), self._on_readable)
+        log.info("tftp listening on %s", _peer_text(sock.getsockname()))
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop accepting requests, let running transfers end for ``grace`` s, cancel the rest."""
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self.transfers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        for transfer in list(self.transfers.values()):
+            transfer.cancel("server shutting down")
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        while sock is not None and sock.fileno() >= 0:
+            try:
+                data, anc, flags, addr = sock.recvmsg(2048, 128)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            local = _local_address(anc) if self._wildcard else None
+            try:
+                self._on_packet(data, flags, addr, local or self._host)
+            except Exception:  # one bad packet must never stop the server
+                log.exception("tftp: unexpected error handling a packet from %s", _peer_text(addr))
+
+    def _reply_error(self, addr: tuple[object, ...], code: ErrorCode, message: str) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.sendto(encode_error(code, message), addr)
+
+    def _on_packet(self, data: bytes, flags: int, addr: tuple[object, ...], local: str) -> None:
+        op = opcode_of(data)
+        peer = _peer_text(addr)
+        if op == Opcode.ERROR:
+            return  # RFC 1350 section 7: an ERROR is never answered
+        if op in (Opcode.DATA, Opcode.ACK):
+            # Meant for a transfer socket, not this one: a stale or misdirected packet.
+            self._reply_error(addr, ErrorCode.UNKNOWN_TID, "unknown transfer ID")
+            return
+        if op not in (Opcode.RRQ, Opcode.WRQ):
+            self._reply_error(addr, ErrorCode.ILLEGAL_OPERATION, f"illegal opcode {op}")
+            log.warning("tftp client=%s refused: illegal opcode %d", peer, op)
+            return
+        if flags & socket.MSG_TRUNC:
+            data = data + b"\x00" * (MAX_REQUEST + 1 - len(data))  # reported as too long
+        try:
+            request = parse_request(data)
+        except PacketError as err:
+            self._reply_error(addr, ErrorCode.ILLEGAL_OPERATION, f"malformed request: {err}")
+            log.warning("tftp client=%s refused: malformed request: %s", peer, err)
+            return
+        if addr in self.transfers:
+            return  # a repeated RRQ while we already answer it (RFC 1350: one per TID)
+        self._on_request(request, addr, local, peer)
+
+    def _refuse(
+        self,
+        addr: tuple[object, ...],
+        record: Transfer,
+        code: ErrorCode,
+        message: str,
+        reason: str,
+    ) -> None:
+        self._reply_error(addr, code, message)
+        record.outcome = "not-found" if code == ErrorCode.FILE_NOT_FOUND else "refused"
+        record.reason = reason
+        report(record, self.observer)
+
+    def _on_request(self, req: Request, addr: tuple[object, ...], local: str, peer: str) -> None:
+        record = Transfer(protocol="tftp", client=peer, name=req.filename)
+        if req.opcode == Opcode.WRQ:
+            self._refuse(addr, record, ErrorCode.ACCESS_VIOLATION, "read-only server", "WRQ")
+            return
+        if req.mode not in ("octet", "netascii"):
+            # RFC 1350 names "mail" too; it means writing to a user, so it is refused here.
+            msg = f"unsupported mode {req.mode!r}"
+            self._refuse(addr, record, ErrorCode.ILLEGAL_OPERATION, msg, msg)
+            return
+        try:
+            name = clean_name(req.filename)
+        except NotServed as err:
+            self._refuse(addr, record, ErrorCode.ACCESS_VIOLATION, "access violation", str(err))
+            return
+        record.name = name
+        try:
+            entry = self.namespace.lookup(name)
+            blob = entry.blob.open()
+        except (NotServed, OSError) as err:
+            reason = str(err) if isinstance(err, NotServed) else (err.strerror or str(err))
+            self._refuse(addr, record, ErrorCode.FILE_NOT_FOUND, "file not found", reason)
+            return
+        record.board = entry.board
+        source: Source
+        try:
+            source = OctetSource(blob) if req.mode == "octet" else NetasciiSource(blob)
+            granted = negotiate(
+                req.options,
+                source.size,
+                max_blksize=self.max_blksize,
+                max_windowsize=self.max_windowsize,
+            )
+            sock = self._transfer_socket(local)
+        except OSError as err:
+            blob.close()
+            self._reply_error(addr, ErrorCode.UNDEFINED, "server error")
+            record.outcome, record.reason = "failed", f"cannot start transfer: {err}"
+            report(record, self.observer)
+            return
+        record.size = source.size
+        record.options = dict(granted.oack)
+        if req.mode != "octet":
+            record.options["mode"] = req.mode
+        assert self._loop is not None
+        transfer = ReadTransfer(
+            self._loop,
+            sock,
+            addr,
+            source,
+            granted,
+            record,
+            self.observer,
+            timeout=self.timeout,
+            retries=self.retries,
+            max_stall=self.max_stall,
+            on_done=self._on_done,
+        )
+        self.transfers[addr] = transfer
+        self._idle.clear()
+        try:
+            self.observer.started(record)
+        except Exception:
+            log.exception("transfer observer failed")
+        transfer.start()
+
+    def _transfer_socket(self, local: str) -> socket.socket:
+        """A fresh socket on an ephemeral port: the transfer's TID (RFC 1350 section 4).
+
+        It is not ``connect()``ed: a connected socket never sees packets from other ports, and
+        RFC 1350 wants those answered with ERROR 5 while the transfer goes on.
+        """
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+            if self._family == socket.AF_INET6:
+                host, _, scope = local.partition("%")
+                sock.bind((host, 0, 0, int(scope) if scope.isdigit() else 0))
+            else:
+                sock.bind((local, 0))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _on_done(self, transfer: ReadTransfer) -> None:
+        if self.transfers.get(transfer.peer) is transfer:
+            del self.transfers[transfer.peer]
+        if not self.transfers:
+            self._idle.set()

@@ -1,0 +1,406 @@
+"""One read transfer: its own UDP socket (TID), windows of DATA, ACK handling, retransmits.
+
+A transfer is a handful of callbacks on the event loop, not a coroutine: each ACK costs one
+``recvfrom``, one ``preadv`` of exactly the next window straight into a reused packet buffer
+(headers sit in gaps between the payloads, so nothing is copied), and one ``sendto`` per block.
+A single timer per transfer is re-armed lazily: an ACK only moves a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from overrided.served import OpenBlob, Outcome, Transfer, TransferObserver
+from overrided.tftp.packets import (
+    DATA_HEADERS,
+    ErrorCode,
+    Negotiated,
+    Opcode,
+    block_count,
+    encode_error,
+    encode_oack,
+    netascii_encode,
+    parse_error,
+)
+
+log = logging.getLogger("overrided.tftp")
+
+# A client that stops (sends ERROR) before this much was acknowledged was looking, not
+# loading: barebox probes every file (RRQ blksize 512 + tsize, ERROR after DATA 1) and then
+# reads headers that it abandons after a few blocks (design.md, "barebox").
+PROBE_BYTES = 256 * 1024
+# A duplicate ACK for the block acknowledged last means "I got nothing since" when it comes
+# this long after our last send (barebox resends its ACK after 1 s). Sooner, it is a copy made
+# by the network and answering it would double every later window (RFC 1350 "Sorcerer's
+# Apprentice"), so it is ignored.
+RESYNC_AFTER = 0.25
+
+
+class Source(Protocol):
+    """Bytes of a served file as the wire carries them (octet or netascii)."""
+
+    size: int
+
+    def readinto(self, views: list[memoryview], offset: int) -> int:
+        """Fill ``views`` in order from ``offset``; return the bytes read (short only at EOF)."""
+        ...
+
+    def close(self) -> None:
+        """Release the file."""
+        ...
+
+
+class OctetSource:
+    """The blob's bytes unchanged, read with one ``preadv`` per window."""
+
+    def __init__(self, blob: OpenBlob) -> None:
+        self.blob = blob
+        self.size = blob.size
+
+    def readinto(self, views: list[memoryview], offset: int) -> int:
+        """One ``preadv`` scatters a whole window into the packet buffer."""
+        return os.preadv(self.blob.fd, views, offset)
+
+    def close(self) -> None:
+        """Close the blob."""
+        self.blob.close()
+
+
+class NetasciiSource:
+    """The blob translated to netascii (RFC 1350), produced as the transfer advances.
+
+    Reads only move forward (a window restarts at the first unacknowledged block, never
+    earlier), so the translated bytes are kept from the current window's start only.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, blob: OpenBlob) -> None:
+        self.blob = blob
+        self.size = self._translated_size()
+        self._buf = b""  # translated bytes starting at ``_buf_offset``
+        self._buf_offset = 0
+        self._raw_offset = 0
+
+    def _translated_size(self) -> int:
+        size, offset = 0, 0
+        while chunk := self.blob.read_at(offset, self.CHUNK):
+            offset += len(chunk)
+            size += len(chunk) + chunk.count(b"\n") + chunk.count(b"\r")
+        return size
+
+    def readinto(self, views: list[memoryview], offset: int) -> int:
+        """Copy translated bytes from ``offset`` into ``views``."""
+        want = sum(len(v) for v in views)
+        end = min(offset + want, self.size)
+        while self._buf_offset + len(self._buf) < end:
+            raw = self.blob.read_at(self._raw_offset, self.CHUNK)
+            if not raw:
+                break
+            self._raw_offset += len(raw)
+            self._buf += netascii_encode(raw)
+        drop = offset - self._buf_offset
+        if drop > 0:
+            self._buf = self._buf[drop:]
+            self._buf_offset = offset
+        data = self._buf[offset - self._buf_offset : end - self._buf_offset]
+        pos = 0
+        for view in views:
+            piece = data[pos : pos + len(view)]
+            view[: len(piece)] = piece
+            pos += len(piece)
+        return pos
+
+    def close(self) -> None:
+        """Close the blob."""
+        self.blob.close()
+
+
+def describe(record: Transfer) -> str:
+    """The one structured log line of a finished transfer (``key=value`` pairs)."""
+    options = ",".join(f"{k}={v}" for k, v in record.options.items()) or "-"
+    rate = record.throughput / 1e6
+    return (
+        f"tftp client={record.client} name={record.name!r} board={record.board or '-'}"
+        f" options={options} bytes={record.sent} size={record.size}"
+        f" duration={record.duration:.3f}s throughput={rate:.2f}MB/s"
+        f" retransmits={record.retransmits} outcome={record.outcome} reason={record.reason!r}"
+    )
+
+
+def report(record: Transfer, observer: TransferObserver) -> None:
+    """Log the transfer's line (warning for failures) and tell the observer."""
+    level = logging.INFO if record.outcome in ("ok", "probe") else logging.WARNING
+    log.log(level, "%s", describe(record), extra={"transfer": record})
+    try:
+        observer.finished(record)
+    except Exception:  # an observer bug must not take the server down
+        log.exception("transfer observer failed")
+
+
+class ReadTransfer:
+    """A read request being served from its own socket until the last ACK, an ERROR or timeout."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        peer: tuple[object, ...],
+        source: Source,
+        granted: Negotiated,
+        record: Transfer,
+        observer: TransferObserver,
+        *,
+        timeout: float,
+        retries: int,
+        max_stall: float,
+        on_done: Callable[[ReadTransfer], None],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.peer = peer
+        self.source = source
+        self.record = record
+        self.observer = observer
+        self.on_done = on_done
+        self.blksize = granted.blksize
+        self.window = granted.windowsize
+        self.oack = encode_oack(granted.oack) if granted.oack else b""
+        self.timeout = min(granted.timeout or timeout, max_stall)
+        self.retries = retries
+        self.max_stall = max_stall
+        self.size = source.size
+        self.nblocks = block_count(self.size, self.blksize)
+        self.done = False
+        # Absolute block numbers (no 16-bit wrap): ``acked`` is the highest acknowledged block,
+        # -1 while the OACK (block 0) waits for its ACK; ``last_sent`` the highest block sent.
+        self.acked = -1 if self.oack else 0
+        self.last_sent = 0
+        self.tries = 0  # consecutive timeouts without progress
+        step = self.blksize + 4
+        self._step = step
+        self._buf = bytearray(step * min(self.window, self.nblocks))
+        self._mv = memoryview(self._buf)
+        self._views = [
+            self._mv[i * step + 4 : (i + 1) * step] for i in range(len(self._buf) // step)
+        ]
+        self._pending = (0, 0)  # (next index, count) of a window interrupted by a full buffer
+        self._window_first = 0
+        self._sent_at = 0.0
+        self._progress_at = 0.0
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._t0 = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Send the OACK (RFC 2347) or, with no options granted, the first window (RFC 1350)."""
+        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+        self._progress_at = self.loop.time()
+        if self.oack:
+            self._send_oack()
+        else:
+            self._send_window(1)
+        self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    def cancel(self, reason: str) -> None:
+        """End the transfer now (server shutting down); tells the client with an ERROR."""
+        if not self.done:
+            self._send_error(ErrorCode.UNDEFINED, reason)
+            self._finish("aborted", reason)
+
+    def _finish(self, outcome: Outcome, reason: str = "") -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        fd = self.sock.fileno()
+        if fd >= 0:
+            self.loop.remove_reader(fd)
+            self.loop.remove_writer(fd)
+        self.sock.close()
+        self.source.close()
+        rec = self.record
+        rec.outcome = outcome
+        rec.reason = reason
+        rec.duration = time.monotonic() - self._t0
+        rec.sent = min(self.size, max(self.last_sent, 0) * self.blksize)
+        self.on_done(self)
+        report(rec, self.observer)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _send_oack(self) -> None:
+        try:
+            self.sock.sendto(self.oack, self.peer)
+        except OSError as err:
+            self._finish("failed", f"send OACK: {err}")
+            return
+        self._sent_at = self.loop.time()
+        self._deadline = self._sent_at + self.timeout
+
+    def _send_error(self, code: ErrorCode, message: str) -> None:
+        try:
+            self.sock.sendto(encode_error(code, message), self.peer)
+        except OSError:
+            pass  # best effort: the transfer ends either way
+
+    def _send_window(self, first: int) -> None:
+        """Read and send blocks ``first`` .. ``first + window - 1`` (RFC 7440 section 4)."""
+        count = min(self.window, self.nblocks - first + 1)
+        views = self._views if count == len(self._views) else self._views[:count]
+        try:
+            self.source.readinto(views, (first - 1) * self.blksize)
+        except OSError as err:
+            self._send_error(ErrorCode.UNDEFINED, "read error")
+            self._finish("failed", f"read at block {first}: {err}")
+            return
+        buf, step = self._buf, self._step
+        for i in range(count):
+            pos = i * step
+            buf[pos : pos + 4] = DATA_HEADERS[(first + i) & 0xFFFF]
+        self._window_first = first
+        self.last_sent = max(self.last_sent, first + count - 1)
+        self._pending = (0, count)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the pending packets of the window; on a full socket buffer, wait to write."""
+        index, count = self._pending
+        mv, step, bs, peer = self._mv, self._step, self.blksize, self.peer
+        sendto = self.sock.sendto
+        remaining = self.size - (self._window_first - 1) * bs - index * bs
+        pos = index * step
+        try:
+            while index < count:
+                length = bs if remaining >= bs else remaining
+                sendto(mv[pos : pos + 4 + length], peer)
+                remaining -= length
+                pos += step
+                index += 1
+        except BlockingIOError:
+            self._pending = (index, count)
+            self.loop.add_writer(self.sock.fileno(), self._on_writable)
+            return
+        except OSError as err:
+            self._finish("failed", f"send block {self._window_first + index}: {err}")
+            return
+        self._pending = (count, count)
+        self._sent_at = now = self.loop.time()
+        self._deadline = now + self.timeout
+
+    def _on_writable(self) -> None:
+        self.loop.remove_writer(self.sock.fileno())
+        if not self.done:
+            self._flush()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        sock, peer = self.sock, self.peer
+        while not self.done:
+            try:
+                data, addr = sock.recvfrom(1024)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error queued on the socket; the timer covers real loss
+            if addr != peer:
+                # RFC 1350 section 4: a packet from a foreign TID gets ERROR 5 and does not
+                # disturb the transfer.
+                with contextlib.suppress(OSError):
+                    sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
+                continue
+            if len(data) == 4 and data[0] == 0 and data[1] == Opcode.ACK:
+                self._on_ack((data[2] << 8) | data[3])
+            elif len(data) >= 4 and data[0] == 0 and data[1] == Opcode.ERROR:
+                self._on_client_error(data)
+            # Anything else from the client (a short ACK, DATA, a request) is ignored: the
+            # timer and the client's own retransmissions recover.
+
+    def _on_ack(self, wire: int) -> None:
+        # Map the 16-bit block number to the one block in (acked, acked + 65535] it can mean;
+        # blocks roll over past 65535 (to 0) on files longer than 65535 blocks.
+        delta = (wire - self.acked) & 0xFFFF
+        if delta == 0:
+            # The same ACK again: a copy made by the network, or the client timing out on a
+            # lost window. Only the latter, recognisably late, is answered (see RESYNC_AFTER).
+            if self.loop.time() - self._sent_at >= RESYNC_AFTER and self.acked >= 0:
+                self.record.retransmits += self._resend()
+            return
+        block = self.acked + delta
+        if block > self.last_sent:
+            return  # acknowledges something never sent: stale or forged, ignore
+        self.acked = block
+        self.tries = 0
+        self._progress_at = self.loop.time()
+        if block >= self.nblocks:
+            self._finish("ok")
+            return
+        if block < self.last_sent:
+            # RFC 7440 section 4: an ACK inside the window means the blocks after it were lost;
+            # the next window starts right after it.
+            self.record.retransmits += self.last_sent - block
+        self._send_window(block + 1)
+
+    def _on_client_error(self, data: bytes) -> None:
+        code, message = parse_error(data)
+        reason = f"client sent ERROR {code} {message!r}"
+        acked_bytes = max(self.acked, 0) * self.blksize
+        if acked_bytes < PROBE_BYTES:
+            self._finish("probe", f"{reason} after {max(self.acked, 0)} blocks")
+        else:
+            self._finish("aborted", f"{reason} after {acked_bytes} bytes")
+
+    # -- timing ------------------------------------------------------------------------------
+
+    def _resend(self) -> int:
+        """Send again from the first unacknowledged block; return the packets resent."""
+        if self.acked < 0:
+            self._send_oack()
+            return 1
+        before = self.last_sent
+        self._send_window(self.acked + 1)
+        return max(before, self.last_sent) - self.acked
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.done:
+            return
+        now = self.loop.time()
+        if now < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        stalled = now - self._progress_at
+        if self.tries >= self.retries or stalled >= self.max_stall:
+            self._give_up(stalled)
+            return
+        self.tries += 1
+        self.record.retransmits += self._resend()
+        if not self.done:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    def _give_up(self, stalled: float) -> None:
+        why = f"no ACK for {stalled:.1f}s after {self.tries} retransmissions"
+        if self.acked < 0:
+            if "tsize" in self.record.options:
+                # barebox's size probe may simply stop after reading tsize from the OACK.
+                self._finish("probe", "client did not ACK the OACK (size probe)")
+            else:
+                self._finish("failed", f"{why} of the OACK")
+        elif self.last_sent >= self.nblocks:
+            # Every block went out and the client acknowledged up to the last window; clients
+            # exit right after their final ACK, so a lost final ACK is not a failed transfer.
+            self._finish("ok", f"final ACK not received ({why})")
+        else:
+            self._send_error(ErrorCode.UNDEFINED, "timed out")
+            self._finish("failed", f"{why}; client acknowledged {self.acked} of {self.nblocks}")
