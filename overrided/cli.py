@@ -17,6 +17,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overrided.commands.fit",
     "overrided.commands.tftp",
     "overrided.commands.cpio",
+    "overrided.commands.serve",
+    "overrided.commands.boards",
 )
 
 

@@ -1,0 +1,354 @@
+"""Build discovery: turn each ``kernel-builds/<build>/`` folder into a ``Build``, and watch them.
+
+A build folder may be a whole kernel build tree or just the dropped artifacts. It is usable when
+it holds ``image.fit`` (anywhere below, e.g. ``arch/arm64/boot/image.fit``) or a kernel
+``Image``/``Image.gz``/``zImage`` plus ``*.dtb`` files (we then build the FIT ourselves, cached
+in the store by the inputs' hashes). ``modules-*.cpio*`` files are its modules.
+
+Files whose name starts with ``.`` are never inputs: an upload is written under a dot-name and
+renamed into place when complete. Files modified less than ``quiet`` seconds ago are waited for,
+and a FIT that fails to parse (e.g. truncated) makes the build unusable rather than half-used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import watchfiles
+
+from overrided.errors import OverridedError
+from overrided.state import BuildInfo, ConfigInfo
+from overrided.store import Store
+
+log = logging.getLogger(__name__)
+
+KERNEL_NAMES = ("Image", "Image.gz", "zImage")
+_MODULES = re.compile(r"^modules-(?P<rest>.+?)\.cpio(?:\.(?:gz|xz|zst|lz4|lzo|bz2|lzma))?$")
+# Architectures as kbuild names them; `modules-<release>-<arch>.cpio` carries one at the end.
+_ARCHES = ("arm64", "arm", "riscv", "x86", "x86_64", "powerpc", "mips", "loongarch")
+_KERNEL_ARCH = {"Image": "arm64", "Image.gz": "arm64", "zImage": "arm"}
+
+
+class BuildError(OverridedError):
+    """A build folder that cannot be used; ``str()`` says which file and why."""
+
+
+@dataclass(frozen=True)
+class Build:
+    """One indexed build folder: where its FIT and modules are, and the FIT's configurations."""
+
+    name: str
+    path: Path
+    fit: Path | None = None  # the FIT to trim: the build's own, or one we built into the store
+    kernel: Path | None = None  # Image/Image.gz/zImage when the build is kernel + DTBs
+    dtbs: tuple[Path, ...] = ()
+    modules: tuple[Path, ...] = ()
+    release: str | None = None
+    arch: str | None = None
+    configurations: tuple[ConfigInfo, ...] = ()
+    mtime: float = 0.0  # newest input's mtime: orders builds for "latest"
+    indexed_at: float = field(default_factory=time.time)
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether boards can be rendered from this build."""
+        return self.error is None and self.fit is not None
+
+    def info(self) -> BuildInfo:
+        """The API's view of this build."""
+
+        def rel(p: Path | None) -> str | None:
+            if p is None:
+                return None
+            try:
+                return str(p.relative_to(self.path))
+            except ValueError:
+                return p.name  # a FIT we built lives in the store
+
+        return BuildInfo(
+            name=self.name,
+            release=self.release,
+            arch=self.arch,
+            fit=rel(self.fit),
+            kernel=rel(self.kernel),
+            modules=[str(rel(m)) for m in self.modules],
+            configurations=list(self.configurations),
+            indexed_at=datetime.fromtimestamp(self.indexed_at, UTC),
+            error=self.error,
+        )
+
+
+def is_hidden(path: Path, root: Path) -> bool:
+    """True for a dot-file or anything inside a dot-folder below ``root`` (temp uploads)."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return True
+    return any(p.startswith(".") for p in parts)
+
+
+def release_of_modules_name(name: str) -> str | None:
+    """The kernel release in ``modules-<release>[-<arch>].cpio[.gz|…]``.
+
+    kbuild's ``modules-cpio-pkg`` names its output ``modules-<KERNELRELEASE>-<ARCH>.cpio``; a
+    release may itself end in an arch-like word (Debian's ``6.1.0-56-arm64``), so exactly one
+    trailing arch is dropped only when another arch-like word or version part remains before it.
+    """
+    m = _MODULES.match(name)
+    if not m:
+        return None
+    rest = m.group("rest")
+    for arch in _ARCHES:
+        if rest.endswith(f"-{arch}"):
+            head = rest[: -len(arch) - 1]
+            # "6.1.0-56-arm64-arm64" → "6.1.0-56-arm64"; "6.19.0-arm64" → "6.19.0"
+            return head if head else rest
+    return rest
+
+
+def _newest(paths: Iterable[Path]) -> float:
+    return max((p.stat().st_mtime for p in paths), default=0.0)
+
+
+def _walk(root: Path) -> Iterable[Path]:
+    """Every regular file below ``root``, skipping dot-files and dot-folders."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not f.startswith("."):
+                yield Path(dirpath) / f
+
+
+@dataclass
+class Inputs:
+    """The files of a build folder that matter, before any of them is parsed."""
+
+    fit: Path | None = None
+    kernel: Path | None = None
+    dtbs: list[Path] = field(default_factory=list)
+    modules: list[Path] = field(default_factory=list)
+
+    def files(self) -> list[Path]:
+        """Every input file."""
+        out = [p for p in (self.fit, self.kernel) if p is not None]
+        return out + self.dtbs + self.modules
+
+
+def find_inputs(root: Path) -> Inputs:
+    """Locate the FIT or kernel + DTBs, and the modules CPIOs, below ``root``."""
+    found = Inputs()
+    fits: list[Path] = []
+    kernels: list[Path] = []
+    for path in _walk(root):
+        name = path.name
+        if name == "image.fit":
+            fits.append(path)
+        elif name in KERNEL_NAMES:
+            kernels.append(path)
+        elif name.endswith(".dtb"):
+            found.dtbs.append(path)
+        elif _MODULES.match(name):
+            found.modules.append(path)
+
+    def newest(paths: list[Path]) -> Path:
+        # Several candidates (stale outputs in a build tree): the most recently written wins.
+        return max(paths, key=lambda p: (p.stat().st_mtime, -len(p.parts)))
+
+    if fits:
+        found.fit = newest(fits)
+        found.dtbs = []
+    elif kernels:
+        # Prefer the uncompressed Image: it is what arm64 `make` produces first.
+        by_kind = sorted(kernels, key=lambda p: KERNEL_NAMES.index(p.name))
+        found.kernel = newest([k for k in by_kind if k.name == by_kind[0].name])
+    return found
+
+
+def wait_quiet(files: Iterable[Path], quiet: float, *, limit: float = 30.0) -> None:
+    """Block until no file in ``files`` was modified within the last ``quiet`` seconds."""
+    paths = list(files)
+    deadline = time.monotonic() + limit
+    while quiet > 0 and time.monotonic() < deadline:
+        try:
+            age = time.time() - _newest(paths)
+        except FileNotFoundError:
+            return  # the caller's index will notice the file is gone
+        if age >= quiet:
+            return
+        time.sleep(quiet - age)
+
+
+def configurations_of(fit_path: Path) -> tuple[tuple[ConfigInfo, ...], str | None, str | None]:
+    """The FIT's configurations as the API shows them, its kernel arch and its kernel release."""
+    from overrided.fit import Fit
+
+    fit = Fit.open(fit_path)
+    configs: list[ConfigInfo] = []
+    arch: str | None = None
+    for name, conf in fit.configurations.items():
+        configs.append(
+            ConfigInfo(
+                name=name,
+                compatible=list(conf.effective_compatible(fit)),
+                description=conf.description or "",
+                kernel=conf.kernel,
+                fdt=list(conf.fdt),
+                ramdisk=list(conf.ramdisk),
+                signed=bool(getattr(conf, "signatures", ())),
+            )
+        )
+        if arch is None and conf.kernel and conf.kernel in fit.images:
+            arch = getattr(fit.images[conf.kernel], "arch", None) or None
+    return tuple(configs), arch, None
+
+
+def built_fit(inputs: Inputs, store: Store, arch: str) -> Path:
+    """The FIT made from ``Image`` + DTBs, built once per distinct set of input hashes."""
+    from overrided.fit import build_fit
+
+    assert inputs.kernel is not None
+    parts = [store.digests.of(inputs.kernel), *(store.digests.of(d) for d in inputs.dtbs)]
+    key = "fit-build-" + _key([*parts, arch])
+    cached = store.cached(key)
+    if cached:
+        blob = store.blob(cached["blobs"]["fit"])
+        if blob is not None:
+            return blob.path
+    out = store.temp_path(".fit")
+    build_fit(inputs.kernel, inputs.dtbs, out, arch=arch, compression="none", description=key)
+    blob = store.adopt(out)
+    store.remember(key, {"blobs": {"fit": blob.digest}})
+    return blob.path
+
+
+def _key(parts: Iterable[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def index_build(path: Path, store: Store, *, quiet: float = 0.0) -> Build:
+    """Index one build folder; problems become ``Build.error``, never exceptions."""
+    name = path.name
+    try:
+        inputs = find_inputs(path)
+        wait_quiet(inputs.files(), quiet)
+        # Look again: files may have been renamed into place while we waited.
+        inputs = find_inputs(path)
+        return _index(name, path, inputs, store)
+    except OverridedError as err:
+        return Build(name=name, path=path, error=str(err))
+    except OSError as err:
+        return Build(name=name, path=path, error=f"{name}: {err.strerror}: {err.filename}")
+
+
+def _index(name: str, path: Path, inputs: Inputs, store: Store) -> Build:
+    from overrided.kernel import release_of_image
+
+    if inputs.fit is None and inputs.kernel is None:
+        raise BuildError(f"{name}: no image.fit and no Image/Image.gz/zImage found")
+    if inputs.fit is None and not inputs.dtbs:
+        raise BuildError(f"{name}: {inputs.kernel}: a kernel without any *.dtb files")
+    release: str | None = None
+    arch: str | None = None
+    if inputs.kernel is not None:
+        arch = _KERNEL_ARCH.get(inputs.kernel.name)
+        release = release_of_image(inputs.kernel)
+        fit = built_fit(inputs, store, arch or "arm64")
+    else:
+        assert inputs.fit is not None
+        fit = inputs.fit
+    configs, fit_arch, _ = configurations_of(fit)
+    arch = arch or fit_arch
+    if release is None:
+        for m in inputs.modules:
+            release = release_of_modules_name(m.name)
+            if release:
+                break
+    return Build(
+        name=name,
+        path=path,
+        fit=fit,
+        kernel=inputs.kernel,
+        dtbs=tuple(inputs.dtbs),
+        modules=tuple(sorted(inputs.modules)),
+        release=release,
+        arch=arch,
+        configurations=configs,
+        mtime=_newest(inputs.files()),
+    )
+
+
+def build_folders(builds_dir: Path) -> list[Path]:
+    """The build folders below ``builds_dir`` (dot-folders are uploads in progress)."""
+    if not builds_dir.is_dir():
+        return []
+    return sorted(p for p in builds_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def latest(builds: Iterable[Build]) -> Build | None:
+    """The usable build whose inputs were written last."""
+    usable = [b for b in builds if b.usable]
+    return max(usable, key=lambda b: (b.mtime, b.name)) if usable else None
+
+
+@dataclass(frozen=True)
+class Changes:
+    """One debounced batch of file changes: which builds, and whether board files changed."""
+
+    builds: frozenset[str]
+    boards: bool
+
+
+def classify(paths: Iterable[Path], builds_dir: Path, boards_dir: Path) -> Changes:
+    """Map changed paths to build names and a boards flag; hidden (temp) files are ignored."""
+    builds: set[str] = set()
+    boards = False
+    b_root, d_root = builds_dir.resolve(), boards_dir.resolve()
+    for raw in paths:
+        p = raw.resolve() if not raw.is_absolute() else raw
+        if p.is_relative_to(b_root) and p != b_root:
+            if is_hidden(p, b_root):
+                continue
+            builds.add(p.relative_to(b_root).parts[0])
+        elif p.is_relative_to(d_root) and p.suffix == ".toml" and not p.name.startswith("."):
+            boards = True
+    return Changes(frozenset(builds), boards)
+
+
+async def watch(
+    builds_dir: Path,
+    boards_dir: Path,
+    *,
+    step_ms: int,
+    stop: asyncio.Event,
+) -> AsyncIterator[Changes]:
+    """Debounced batches of changes below the two folders, until ``stop`` is set.
+
+    watchfiles groups changes until no new one arrives for ``step_ms`` (at most 5 s), so a
+    ``make`` writing hundreds of files yields one batch.
+    """
+    roots = [p for p in (builds_dir, boards_dir) if p.is_dir()]
+    if not roots:
+        return
+    b_root, d_root = builds_dir.resolve(), boards_dir.resolve()
+
+    def wanted(change: watchfiles.Change, raw: str) -> bool:
+        # A dot-file (upload in progress) only matters once renamed, which is its own event.
+        return not Path(raw).name.startswith(".")
+
+    async for batch in watchfiles.awatch(
+        *roots, watch_filter=wanted, step=step_ms, debounce=5000, stop_event=stop
+    ):
+        changes = classify((Path(p) for _, p in batch), b_root, d_root)
+        if changes.builds or changes.boards:
+            yield changes

@@ -1,0 +1,91 @@
+"""The barebox devboot script: ``<user>-devboot-<hostname>``, sourced by barebox's ``devboot``.
+
+What barebox does with it (``defaultenv/defaultenv-2-base/bin/devboot``): ``ifup -a1``, ``cd``
+into ``global.net.fetchdir`` (the TFTP mount), ``source`` the script, then for each of
+``devboot_image``, ``devboot_oftree`` and ``devboot_initrd`` that the script *set* (tested with
+``[[ -v … ]]``, so an unset variable leaves that part of the boot entry alone, while an empty
+one is an override too) pass ``-o bootm.image=…`` / ``bootm.oftree`` / ``bootm.initrd`` to
+``boot``. Names are relative to the fetch directory. The override rules
+(``common/bootm-overrides.c``):
+
+* ``bootm.image``: a FIT is re-opened and kernel, device tree and initrd all come from it;
+  a plain kernel replaces only the kernel.
+* ``bootm.oftree``: colon list, base DTB then overlays; a leading colon keeps the entry's DTB
+  and only applies overlays; the empty string drops the entry's DTB (barebox passes its own).
+* ``bootm.initrd``: colon list of CPIOs concatenated; a leading colon appends to the entry's.
+* With signed images forced (``bootm_signed_images_are_forced()``) all overrides are ignored.
+"""
+
+from __future__ import annotations
+
+from overrided.clients import Artifacts
+from overrided.config import unsafe_value_reason
+from overrided.errors import OverridedError
+
+
+class ScriptError(OverridedError):
+    """A value that cannot be written into a barebox script safely."""
+
+
+def script_name(user: str, hostname: str) -> str:
+    """The name barebox's ``devboot`` sources: ``<user>-devboot-<hostname>``."""
+    return f"{user}-devboot-{hostname}"
+
+
+def quote(value: str, what: str) -> str:
+    """``value`` in double quotes for barebox hush; refuse what hush would still interpret."""
+    reason = unsafe_value_reason(value)
+    if reason:
+        raise ScriptError(f"{what}: {reason}")
+    return f'"{value}"'
+
+
+def _comment(text: str) -> str:
+    # A comment runs to the end of the line: keep provenance on one line whatever it holds.
+    return "# " + " ".join(text.split())
+
+
+def overrides(a: Artifacts) -> dict[str, str]:
+    """The devboot variables to set, in order; a variable that is absent is left alone."""
+    out: dict[str, str] = {}
+    if a.image_mode == "fit" and a.fit:
+        out["devboot_image"] = a.fit
+    elif a.image_mode == "kernel" and a.kernel:
+        out["devboot_image"] = a.kernel
+
+    overlays = ":".join(a.overlays)
+    if a.oftree_mode == "board":
+        # Empty string: drop the entry's (or FIT's) DTB, barebox passes its own device tree.
+        out["devboot_oftree"] = ""
+    elif a.oftree_mode == "fit" and a.image_mode != "fit" and a.oftree:
+        # A plain kernel brings no DTB: name the matched configuration's DTB explicitly.
+        out["devboot_oftree"] = a.oftree + (f":{overlays}" if overlays else "")
+    elif overlays:
+        # "keep", "overlays", or a FIT that brings its DTB: keep it, apply the overlays on top.
+        out["devboot_oftree"] = f":{overlays}"
+
+    if a.initrd and a.initrd_mode == "replace":
+        out["devboot_initrd"] = a.initrd
+    elif a.initrd and a.initrd_mode == "append":
+        out["devboot_initrd"] = f":{a.initrd}"
+    return out
+
+
+def devboot_script(a: Artifacts, *, warnings: tuple[str, ...] = ()) -> str:
+    """The script text: a provenance header, then only the variables the board asks for."""
+    lines = [
+        _comment(f"{script_name(a.user, a.hostname)}: devboot overrides for board {a.board}"),
+        _comment(a.provenance),
+    ]
+    lines += [_comment(f"warning: {w}") for w in warnings]
+    for var, value in overrides(a).items():
+        lines.append(f"{var}={quote(value, var)}")
+    for name, value in a.bootargs.items():
+        lines.append(f"global linux.bootargs.dyn.{name}={quote(value, f'bootargs.{name}')}")
+    return "\n".join(lines) + "\n"
+
+
+def render(artifacts: Artifacts) -> dict[str, bytes]:
+    """The devboot script under ``<user>-devboot-<hostname>``."""
+    text = devboot_script(artifacts)
+    return {script_name(artifacts.user, artifacts.hostname): text.encode()}

@@ -1,0 +1,180 @@
+"""`overrided serve`: watch builds and boards, serve per-board artifacts over TFTP and HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from overrided.config import Settings
+from overrided.errors import OverridedError
+
+log = logging.getLogger("overrided.serve")
+
+
+class ServeError(OverridedError):
+    """The service cannot start as configured."""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve``."""
+    p = sub.add_parser(
+        "serve",
+        help="serve per-board FITs, initrds and devboot scripts over TFTP and HTTP",
+        description="Watch --builds and --boards, render every board, serve the results.",
+    )
+    d = Settings()
+    p.add_argument("--boards", type=Path, default=d.boards_dir, help="board files (boards/)")
+    p.add_argument("--builds", type=Path, default=d.builds_dir, help="build folders")
+    p.add_argument("--store", type=Path, default=d.store_dir, help="state: blobs, cache, token")
+    p.add_argument("--keys", type=Path, default=d.keys_dir, help="signing keys (never served)")
+    p.add_argument("--tftp-addr", default=d.tftp_addr, help="TFTP address (default all)")
+    p.add_argument("--tftp-port", type=int, default=d.tftp_port, help="TFTP port (69 as root)")
+    p.add_argument("--http-addr", default=d.http_addr, help="HTTP address (default all)")
+    p.add_argument("--http-port", type=int, default=d.http_port, help="HTTP port")
+    p.add_argument("--no-http", action="store_true", help="serve TFTP only")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("OVERRIDED_TOKEN"),
+        help="upload token (env OVERRIDED_TOKEN; default: created once in the store)",
+    )
+    p.add_argument("--max-upload", type=int, default=d.max_upload, help="upload size limit")
+    p.add_argument("--public-url", help="base URL clients use for HTTP (iPXE scripts)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=d.grace,
+        help="seconds a replaced artifact stays served (default 600)",
+    )
+    p.add_argument("--max-blksize", type=int, default=d.max_blksize, help="TFTP blksize cap")
+    p.add_argument("--max-windowsize", type=int, default=d.max_windowsize, help="TFTP window cap")
+    p.set_defaults(func=run)
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings the options describe."""
+    return Settings(
+        boards_dir=args.boards,
+        builds_dir=args.builds,
+        store_dir=args.store,
+        keys_dir=args.keys,
+        tftp_addr=args.tftp_addr,
+        tftp_port=args.tftp_port,
+        http_addr=args.http_addr,
+        http_port=None if args.no_http else args.http_port,
+        public_url=args.public_url,
+        token=args.token,
+        max_upload=args.max_upload,
+        grace=args.grace,
+        max_blksize=args.max_blksize,
+        max_windowsize=args.max_windowsize,
+    )
+
+
+def check_keys_outside_roots(settings: Settings) -> None:
+    """Refuse a keys folder inside a folder whose files end up served."""
+    keys = settings.keys_dir.resolve()
+    for root in (settings.builds_dir, settings.boards_dir, settings.store_dir):
+        r = root.resolve()
+        if keys == r or keys.is_relative_to(r):
+            raise ServeError(
+                f"--keys {settings.keys_dir} lies inside {root}: private keys must never sit "
+                "below a served folder"
+            )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM."""
+    settings = settings_of(args)
+    check_keys_outside_roots(settings)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _http_base(settings: Settings, port: int) -> str:
+    host = settings.http_addr
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"
+
+
+async def serve(settings: Settings) -> None:
+    """Start the service and both servers, print the ready line, stop cleanly on a signal."""
+    from overrided.service import OverridedService
+    from overrided.tftp import TftpServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    service = OverridedService(settings)
+    tftp = TftpServer(
+        service,
+        service,
+        max_blksize=settings.max_blksize,
+        max_windowsize=settings.max_windowsize,
+    )
+    try:
+        await tftp.start(settings.tftp_addr, settings.tftp_port)
+    except OverridedError as err:
+        raise ServeError(str(err)) from None
+
+    runner = None
+    http_port: int | None = None
+    if settings.http_port is not None:
+        from aiohttp import web
+
+        from overrided.http import load_or_create_token, make_app
+
+        token = settings.token
+        if not token:
+            token, created = load_or_create_token(settings.store_dir)
+            if created:
+                print(
+                    f"overrided: upload token (stored in {settings.store_dir}): {token}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        app = make_app(service, token=token, max_upload=settings.max_upload)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.http_addr, settings.http_port)
+        try:
+            await site.start()
+        except OSError as err:
+            await runner.cleanup()
+            await tftp.close()
+            raise ServeError(
+                f"cannot bind HTTP on {settings.http_addr}:{settings.http_port}: {err.strerror}"
+            ) from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        http_port = sockets[0].getsockname()[1] if sockets else settings.http_port
+        if settings.public_url is None:
+            service.ctx.http_base = _http_base(settings, http_port)
+
+    try:
+        await service.start()
+        log.info(
+            "ready: tftp %s:%d http %s serving %d names",
+            settings.tftp_addr,
+            tftp.port,
+            f"{settings.http_addr}:{http_port}" if http_port is not None else "off",
+            len(service.catalog),
+        )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await tftp.close()
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        await service.close()

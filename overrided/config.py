@@ -1,0 +1,227 @@
+"""Board files (``boards/*.toml``) and service settings: declared once, validated with pydantic.
+
+Every problem with a board file becomes one ``BoardError`` line naming the file, the field and
+what is wrong (``boards/rock3a.toml: compatible: must list at least one string``), so the
+service can log it, show it in the API, and go on serving the other boards.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from overrided.errors import OverridedError
+
+# Names that become parts of served file names (``<user>-devboot-<hostname>``): barebox builds
+# these names in its shell, so keep them to characters that need no quoting anywhere.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# barebox global variable names: ``global linux.bootargs.dyn.<name>``.
+_VAR = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Inside barebox hush double quotes, ``$``, backquote, ``\`` and ``"`` keep a special meaning and
+# a newline ends the command; we refuse them rather than rely on escaping rules that differ
+# between shells (barebox ``common/hush.c`` is not POSIX sh).
+_UNSAFE_VALUE = re.compile(r'["$`\\\x00-\x1f\x7f]')
+
+Format = Literal["barebox", "pxe", "bootscr", "ipxe"]
+
+
+class BoardError(OverridedError):
+    """A board file that cannot be used; ``str()`` names the file, the field and the problem."""
+
+
+def unsafe_value_reason(value: str) -> str | None:
+    """Why ``value`` cannot sit inside barebox double quotes, or ``None`` if it can."""
+    m = _UNSAFE_VALUE.search(value)
+    if m is None:
+        return None
+    return f"must not contain {m.group()!r} (barebox shell quoting)"
+
+
+def hostname_of(compatible: str) -> str:
+    """barebox's default ``global.hostname``: the compatible without its vendor prefix."""
+    return compatible.split(",", 1)[-1]
+
+
+class Board(BaseModel):
+    """One board: how barebox names it, what it matches, and what its devboot overrides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = ""  # the file stem; set by the loader
+    hostname: str = ""  # barebox global.hostname; default: first compatible without the vendor
+    user: str = "none"  # barebox global.user, whose default is "none"
+    arch: str = "arm64"
+    compatible: list[str]
+    rule: Literal["barebox", "u-boot"] = "barebox"
+    build: str | None = None  # a build folder name; None = the latest build
+    image: Literal["fit", "kernel"] | None = "fit"
+    oftree: Literal["fit", "keep", "board"] | list[str] = "fit"
+    initrd: Literal["replace", "append"] | None = "replace"
+    init: str | None = None  # path of an init CPIO, relative to the board file's folder
+    bootargs: dict[str, str] = Field(default_factory=dict)
+    sign: str | None = None  # key name in the keys folder: sign the per-board FIT
+    signed_images_forced: bool = False  # the board enforces signed images: overrides are ignored
+    formats: list[Format] = Field(default_factory=lambda: list[Format](["barebox"]))
+    mac: str | None = None
+
+    @field_validator("compatible")
+    @classmethod
+    def _compatible(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must list at least one string")
+        for s in value:
+            if not s or any(c.isspace() for c in s):
+                raise ValueError(f"{s!r} is not a compatible string")
+        return value
+
+    @field_validator("hostname", "user")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value and not _NAME.match(value):
+            raise ValueError(f"{value!r} must be letters, digits, '.', '_', '+', '-'")
+        return value
+
+    @field_validator("bootargs")
+    @classmethod
+    def _bootargs(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, arg in value.items():
+            if not _VAR.match(key):
+                raise ValueError(f"{key!r} is not a barebox variable name")
+            reason = unsafe_value_reason(arg)
+            if reason:
+                raise ValueError(f"{key}: {reason}")
+        return value
+
+    @field_validator("oftree")
+    @classmethod
+    def _oftree(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an overlay list must name at least one overlay")
+            for o in value:
+                if not o or ":" in o or unsafe_value_reason(o):
+                    raise ValueError(f"{o!r} is not an overlay file name")
+        return value
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not re.fullmatch(r"(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}", value):
+                raise ValueError(f"{value!r} is not a MAC address like 52:54:00:12:34:56")
+            value = value.lower().replace("-", ":")
+        return value
+
+    @model_validator(mode="after")
+    def _default_hostname(self) -> Board:
+        if not self.hostname:
+            hostname = hostname_of(self.compatible[0])
+            if not _NAME.match(hostname):
+                raise ValueError(f"hostname: cannot derive one from {self.compatible[0]!r}")
+            object.__setattr__(self, "hostname", hostname)
+        if not self.formats:
+            raise ValueError("formats: must list at least one format")
+        return self
+
+    @property
+    def overlays(self) -> tuple[str, ...]:
+        """Overlay files to apply on top of the device tree, if ``oftree`` lists them."""
+        return tuple(self.oftree) if isinstance(self.oftree, list) else ()
+
+
+def display_path(path: Path) -> str:
+    """``boards/rock3a.toml``: the file with its folder, as error messages name it."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _describe(err: ValidationError) -> str:
+    """The first problem of a pydantic error as ``field: problem``."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if first["type"] == "missing":
+        msg = "is required"
+    elif first["type"] == "extra_forbidden":
+        msg = "is not a board field"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def load_board(path: Path) -> Board:
+    """Parse and validate one board file; raise ``BoardError`` naming file, field and problem."""
+    where = display_path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise BoardError(f"{where}: not valid TOML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BoardError(f"{where}: cannot read: {err}") from None
+    if "name" in data:
+        raise BoardError(f"{where}: name: is the file name, do not set it")
+    try:
+        return Board.model_validate({**data, "name": path.stem})
+    except ValidationError as err:
+        raise BoardError(f"{where}: {_describe(err)}") from None
+
+
+def load_boards(folder: Path) -> tuple[list[Board], dict[str, str]]:
+    """Every ``*.toml`` board in ``folder``: the valid boards, and file → error for the others.
+
+    Two boards claiming the same ``<user>-…-<hostname>`` names would fight over them, so the
+    later file (by name) is refused with an error naming the earlier one.
+    """
+    boards: list[Board] = []
+    errors: dict[str, str] = {}
+    claimed: dict[tuple[str, str], str] = {}
+    for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        try:
+            board = load_board(path)
+        except BoardError as err:
+            errors[display_path(path)] = str(err)
+            continue
+        key = (board.user, board.hostname)
+        if key in claimed:
+            errors[display_path(path)] = (
+                f"{display_path(path)}: hostname: {board.user}/{board.hostname} is already "
+                f"used by {claimed[key]}"
+            )
+            continue
+        claimed[key] = display_path(path)
+        boards.append(board)
+    return boards, errors
+
+
+class Settings(BaseModel):
+    """What ``overrided serve`` runs with; the CLI fills it from its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    boards_dir: Path = Path("boards")
+    builds_dir: Path = Path("kernel-builds")
+    store_dir: Path = Path(".overrided")
+    keys_dir: Path = Path("keys")
+    tftp_addr: str = "0.0.0.0"
+    tftp_port: Annotated[int, Field(ge=0, le=65535)] = 6969
+    http_addr: str = "0.0.0.0"
+    http_port: Annotated[int, Field(ge=0, le=65535)] | None = 8080  # None: no HTTP server
+    public_url: str | None = None
+    token: str | None = None
+    max_upload: int = 2 << 30
+    grace: Annotated[float, Field(ge=0)] = (
+        600.0  # seconds a blob stays served after leaving the catalog
+    )
+    quiet: Annotated[float, Field(ge=0)] = (
+        0.05  # a build's files must be unchanged this long before use
+    )
+    debounce_ms: Annotated[int, Field(ge=1)] = (
+        50  # watchfiles step: changes closer than this are one batch
+    )
+    max_blksize: int = 1468
+    max_windowsize: int = 64

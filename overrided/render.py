@@ -1,0 +1,368 @@
+"""Resolve and render one board: pick build and FIT configuration, make its artifacts.
+
+``render_board`` is the per-board step of sources → index → resolve → render: it matches the
+board's ``compatible`` against the build's FIT, trims (and optionally signs) the FIT, assembles
+the initrd, publishes each artifact as a content-addressed blob, and runs the board's override
+renderers (barebox devboot script, PXE, boot.scr, iPXE) over the versioned names. The result is
+cached in the store under a key made of every input's hash, so an unchanged board costs a few
+``stat`` calls and a JSON read on re-index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from overrided.builds import Build
+from overrided.clients import Artifacts, Renderer
+from overrided.config import Board, hostname_of
+from overrided.errors import OverridedError
+from overrided.state import BoardInfo
+from overrided.store import Store
+
+log = logging.getLogger(__name__)
+
+# Bumped whenever the rendered output for the same inputs changes (invalidates the cache).
+RENDER_VERSION = "1"
+
+# format → (module, function); imported when a board asks, so a format works once it exists.
+RENDERERS: dict[str, tuple[str, str]] = {
+    "barebox": ("overrided.clients.barebox", "render"),
+    "pxe": ("overrided.clients.uboot", "render_pxe"),
+    "bootscr": ("overrided.clients.uboot", "render_bootscr"),
+    "ipxe": ("overrided.clients.ipxe", "render"),
+}
+
+FORCED_SIGNING_WARNING = (
+    "signed_images_forced: barebox ignores every boot override on this board "
+    "(bootm_signed_images_are_forced), so devboot changes nothing"
+)
+
+
+class RenderError(OverridedError):
+    """A board cannot be rendered; ``str()`` says why (no match, missing file, bad key...)."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A board's render: served name → blob digest, and what the API shows about it."""
+
+    names: dict[str, str]  # served name → digest
+    versioned: frozenset[str]  # names that embed a content hash (kept after a rebuild)
+    info: BoardInfo
+
+
+@dataclass
+class RenderContext:
+    """What renders need besides the board and the build."""
+
+    store: Store
+    boards_dir: Path
+    keys_dir: Path
+    http_base: str | None = None
+    extra_key: dict[str, str] = field(default_factory=dict)
+
+
+def versioned_name(user: str, role: str, hostname: str, digest: str) -> str:
+    """``<user>-<role>-<hostname>-<hash12>``: a name whose bytes never change."""
+    return f"{user}-{role}-{hostname}-{digest[:12]}"
+
+
+def renderer_for(fmt: str) -> Renderer:
+    """The render function for a board format; ``RenderError`` if it is not available."""
+    module, func = RENDERERS[fmt]
+    try:
+        r: Renderer = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as err:
+        raise RenderError(f"format {fmt!r} is not available: {err}") from None
+    return r
+
+
+def _overlay_path(name: str, ctx: RenderContext, build: Build) -> Path:
+    """An overlay named in a board file: relative to the boards folder, else found in the build."""
+    direct = ctx.boards_dir / name
+    if direct.is_file():
+        return direct
+    hits = sorted(p for p in build.path.rglob(Path(name).name) if p.is_file())
+    if not hits:
+        raise RenderError(f"overlay {name!r}: not in {ctx.boards_dir.name}/ nor in {build.name}")
+    return hits[0]
+
+
+def render_key(board: Board, build: Build, ctx: RenderContext) -> str:
+    """The hash of every input of a render: board, FIT, modules, init, overlays, signing key."""
+    digests = ctx.store.digests
+    assert build.fit is not None
+    parts: dict[str, Any] = {
+        "version": RENDER_VERSION,
+        "board": board.model_dump(mode="json"),
+        "build": build.name,
+        "release": build.release,
+        "fit": digests.of(build.fit),
+        "modules": [digests.of(m) for m in build.modules],
+        "http_base": ctx.http_base,
+        **ctx.extra_key,
+    }
+    if board.init:
+        parts["init"] = digests.of(ctx.boards_dir / board.init)
+    parts["overlays"] = [digests.of(_overlay_path(o, ctx, build)) for o in board.overlays]
+    if board.sign:
+        from overrided.keys import private_key_path
+
+        parts["key"] = digests.of(private_key_path(ctx.keys_dir, board.sign))
+    text = json.dumps(parts, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pick_build(board: Board, builds: Sequence[Build]) -> Build:
+    """The board's build: the one it names, else the latest usable one."""
+    from overrided.builds import latest
+
+    if board.build:
+        for b in builds:
+            if b.name == board.build:
+                if not b.usable:
+                    raise RenderError(f"build {b.name}: {b.error or 'has no FIT'}")
+                return b
+        raise RenderError(f"build {board.build!r} does not exist")
+    found = latest(builds)
+    if found is None:
+        raise RenderError("no usable build in the builds folder yet")
+    return found
+
+
+def _sign_algo(key: object) -> str:
+    from overrided.keys import key_algo
+
+    return f"sha256,{key_algo(key)}"  # type: ignore[arg-type]
+
+
+def _render_fresh(board: Board, build: Build, ctx: RenderContext, key: str) -> dict[str, Any]:
+    """Do the work: match, trim/sign, initrd, descriptions. Returns the cache record."""
+    from overrided.cpio import concat, initrd_warnings
+    from overrided.fit import Fit, match, trim
+
+    store = ctx.store
+    assert build.fit is not None
+    blobs: dict[str, str] = {}
+    names: dict[str, str] = {}
+    versioned: list[str] = []
+    artifacts: dict[str, str] = {}
+    warnings: list[str] = []
+    u, h = board.user, board.hostname
+
+    def publish(role: str, digest: str, *, stable: str | None = None) -> str:
+        name = versioned_name(u, role, h, digest)
+        blobs[role] = digest
+        names[name] = digest
+        versioned.append(name)
+        artifacts[role] = name
+        if stable:
+            names[stable] = digest
+        return name
+
+    with Fit.open(build.fit) as fit:
+        m = match(fit, board.compatible, board.rule)
+        if m.config is None:
+            raise RenderError(f"build {build.name}: {m.reason}")
+        conf = fit.configurations[m.config]
+
+        # The trimmed FIT: only the matched configuration, set as default, with sha256 hashes
+        # (barebox refuses crc32: design.md), signed when the board asks for it.
+        out = store.temp_path(".fit")
+        trim(fit, m.config, out, add_hashes=True)
+        if board.sign:
+            from overrided.fit.sign import sign_configuration
+            from overrided.keys import load_signing_key
+
+            signing_key = load_signing_key(ctx.keys_dir, board.sign)
+            signed = sign_configuration(
+                out.read_bytes(),
+                m.config,
+                signing_key,
+                key_name=board.sign,
+                algo=_sign_algo(signing_key),
+            )
+            out.write_bytes(signed)
+        fit_blob = store.adopt(out)
+        fit_name = publish("fit", fit_blob.digest)
+
+        kernel_name: str | None = None
+        if board.image == "kernel":
+            if build.kernel is not None:
+                kernel_digest = store.put_file(build.kernel).digest
+            elif conf.kernel:
+                img = fit.images[conf.kernel]
+                if img.compression not in ("none", ""):
+                    raise RenderError(
+                        f"build {build.name}: image = 'kernel' needs an uncompressed kernel, "
+                        f"the FIT's is {img.compression}"
+                    )
+                kernel_digest = store.put_bytes(bytes(img.data())).digest
+            else:
+                raise RenderError(f"build {build.name}: {m.config} has no kernel")
+            kernel_name = publish("kernel", kernel_digest)
+        names[f"{u}-linux-{h}"] = blobs["kernel"] if kernel_name else fit_blob.digest
+
+        oftree_name: str | None = None
+        if conf.fdt and fit.images[conf.fdt[0]].compression in ("none", ""):
+            dtb = store.put_bytes(bytes(fit.images[conf.fdt[0]].data())).digest
+            if board.oftree == "fit":
+                oftree_name = publish("oftree", dtb, stable=f"{u}-oftree-{h}")
+        elif board.oftree == "fit" and board.image == "kernel":
+            raise RenderError(f"build {build.name}: {m.config} has no uncompressed fdt to serve")
+        description = conf.description or ""
+
+    overlays: list[str] = []
+    for i, o in enumerate(board.overlays):
+        digest = store.put_file(_overlay_path(o, ctx, build)).digest
+        overlays.append(publish(f"overlay{i}" if i else "overlay", digest))
+
+    initrd_name: str | None = None
+    parts = list(build.modules)
+    if board.init:
+        parts.append(ctx.boards_dir / board.init)
+    if board.initrd and parts:
+        out = store.temp_path(".cpio")
+        concat(parts, out)
+        initrd_digest = store.adopt(out).digest
+        stable = f"{u}-initramfs-{h}" if board.init else None
+        initrd_name = publish("initrd", initrd_digest, stable=stable)
+        warnings += initrd_warnings(parts, build.release)
+    if board.signed_images_forced:
+        warnings.append(FORCED_SIGNING_WARNING)
+
+    now = time.time()
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    provenance = (
+        f"build {build.name}"
+        + (f" ({build.release})" if build.release else "")
+        + f", configuration {m.config}"
+        + (f" ({description})" if description else "")
+        + f", {m.reason}, rendered {stamp}"
+    )
+    a = Artifacts(
+        board=board.name,
+        hostname=h,
+        user=u,
+        arch=board.arch,
+        provenance=provenance,
+        fit=fit_name,
+        configuration=m.config,
+        kernel=kernel_name,
+        oftree=oftree_name,
+        overlays=tuple(overlays),
+        initrd=initrd_name,
+        image_mode=board.image,
+        oftree_mode="overlays" if board.overlays else board.oftree,  # type: ignore[arg-type]
+        initrd_mode=board.initrd,
+        bootargs=dict(board.bootargs),
+        mac=board.mac,
+        http_base=ctx.http_base,
+    )
+    served: dict[str, list[str]] = {}
+    for fmt in board.formats:
+        try:
+            files = renderer_for(fmt)(a)
+        except OverridedError as err:
+            warnings.append(f"{fmt}: {err}")
+            continue
+        served[fmt] = sorted(files)
+        for fname, data in files.items():
+            names[fname] = store.put_bytes(data).digest
+            blobs[f"{fmt}:{fname}"] = names[fname]
+    if not served:
+        raise RenderError("; ".join(warnings) or "no format could be rendered")
+    return {
+        "key": key,
+        "build": build.name,
+        "configuration": m.config,
+        "reason": m.reason,
+        "warnings": warnings,
+        "blobs": blobs,
+        "names": names,
+        "versioned": versioned,
+        "artifacts": artifacts,
+        "served": served,
+        "rendered_at": now,
+    }
+
+
+def render_board(board: Board, builds: Sequence[Build], ctx: RenderContext) -> Rendered:
+    """Resolve and render ``board`` (cached by input hashes); ``RenderError`` says why not."""
+    build = pick_build(board, builds)
+    try:
+        key = render_key(board, build, ctx)
+    except OSError as err:
+        raise RenderError(f"{err.filename}: {err.strerror}") from None
+    record = ctx.store.cached(key)
+    if record is None:
+        try:
+            record = _render_fresh(board, build, ctx, key)
+        except OSError as err:
+            raise RenderError(f"{err.filename or build.name}: {err.strerror}") from None
+        ctx.store.remember(key, record)
+    info = BoardInfo(
+        name=board.name,
+        hostname=board.hostname,
+        user=board.user,
+        file=None,
+        rule=board.rule,
+        build=record["build"],
+        configuration=record["configuration"],
+        reason=record["reason"],
+        served=record["served"],
+        artifacts=record["artifacts"],
+        warnings=record["warnings"],
+        rendered_at=datetime.fromtimestamp(record["rendered_at"], UTC),
+    )
+    return Rendered(dict(record["names"]), frozenset(record["versioned"]), info)
+
+
+def unknown_board_candidates(build: Build, hostname: str) -> list[str]:
+    """Configurations whose first compatible is ``<vendor>,<hostname>`` (barebox's rule)."""
+    return [
+        c.name
+        for c in build.configurations
+        if c.compatible
+        and "," in c.compatible[0]
+        and hostname_of(c.compatible[0]).lower() == hostname.lower()
+    ]
+
+
+def board_for_hostname(user: str, hostname: str, build: Build) -> Board:
+    """A board known only by the name it asked for: matched against the build's FIT.
+
+    barebox's ``global.hostname`` defaults to the board's first DT compatible without the
+    vendor, so ``<user>-devboot-rock3a`` can only come from a ``<vendor>,rock3a`` board;
+    exactly one such configuration makes it unambiguous. ``RenderError`` says why not.
+    """
+    names = unknown_board_candidates(build, hostname)
+    if not names:
+        raise RenderError(
+            f"no board file for {user}/{hostname}, and no configuration of build {build.name} "
+            f"has a first compatible '<vendor>,{hostname}'"
+        )
+    if len(names) > 1:
+        raise RenderError(
+            f"no board file for {user}/{hostname}, and build {build.name} has "
+            f"{len(names)} configurations for '<vendor>,{hostname}': {', '.join(names[:5])}; "
+            "add a board file"
+        )
+    conf = next(c for c in build.configurations if c.name == names[0])
+    return Board(
+        name=hostname,
+        hostname=hostname,
+        user=user,
+        arch=build.arch or "arm64",
+        compatible=[conf.compatible[0]],
+        build=build.name,
+    )

@@ -1,0 +1,414 @@
+"""The running service: index builds, render boards, publish catalogs, observe transfers.
+
+One direction for data: the watcher reports changes → builds are (re)indexed → every board is
+resolved and rendered (cached) → a new ``Catalog`` is built aside and swapped in whole →
+TFTP/HTTP read it through ``lookup``. Only ``_publish`` writes the catalog; heavy work runs in a
+worker thread so the servers on the event loop keep answering.
+
+Boards known only by their hostname (no board file) are resolved when a client first asks for
+one of their stable names: the lookup checks the latest build for exactly one configuration
+whose first compatible is ``<vendor>,<hostname>``, renders it (a trim of one configuration) and
+publishes it; the outcome, success or reason, is remembered per build so later lookups cost a
+dictionary access, and boards once asked for are re-rendered with every new build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from overrided import builds as builds_mod
+from overrided.builds import Build, index_build
+from overrided.catalog import Catalog
+from overrided.config import Board, BoardError, Settings, display_path, load_boards
+from overrided.render import (
+    RenderContext,
+    Rendered,
+    RenderError,
+    board_for_hostname,
+    render_board,
+)
+from overrided.served import Entry, NotServed, Transfer, clean_name
+from overrided.state import BoardInfo, BuildInfo, Event, EventHub, IndexResult, Journal
+from overrided.store import Store
+
+log = logging.getLogger("overrided.service")
+
+# The names barebox itself asks for (design.md): a request for one of these from a board we
+# have no file for is worth resolving by hostname.
+_STABLE = re.compile(
+    r"^(?P<user>[A-Za-z0-9][A-Za-z0-9._+]*?)-(?:devboot|linux|oftree|initramfs)-"
+    r"(?P<host>[A-Za-z0-9][A-Za-z0-9._+-]*)$"
+)
+
+
+@dataclass
+class _Unknown:
+    """A hostname-only board's last resolution against one build."""
+
+    build: str
+    build_mtime: float
+    rendered: Rendered | None
+    reason: str
+
+
+class OverridedService:
+    """Implements ``state.Service`` (HTTP) and ``served.TransferObserver`` (both servers)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.builds_dir = settings.builds_dir
+        self.boards_dir = settings.boards_dir
+        self.events = EventHub()
+        self.journal = Journal()
+        self.store = Store(settings.store_dir)
+        self.ctx = RenderContext(
+            store=self.store,
+            boards_dir=settings.boards_dir,
+            keys_dir=settings.keys_dir,
+            http_base=settings.public_url,
+        )
+        self.catalog = Catalog()
+        self._builds: dict[str, Build] = {}
+        self._boards: list[Board] = []
+        self._board_errors: dict[str, str] = {}
+        self._rendered: dict[str, Rendered] = {}
+        self._board_info: dict[str, BoardInfo] = {}
+        self._unknown: dict[tuple[str, str], _Unknown] = {}
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._versioned_ever: set[str] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Index everything once, publish, and start watching the two folders."""
+        self.builds_dir.mkdir(parents=True, exist_ok=True)
+        await self.refresh(None, boards=True)
+        self._tasks.append(asyncio.create_task(self._watch(), name="watch"))
+        self._tasks.append(asyncio.create_task(self._collect(), name="gc"))
+
+    async def close(self) -> None:
+        """Stop watching; in-flight renders finish first."""
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        async with self._lock:
+            pass
+
+    async def _watch(self) -> None:
+        async for changes in builds_mod.watch(
+            self.builds_dir,
+            self.boards_dir,
+            step_ms=self.settings.debounce_ms,
+            stop=self._stop,
+        ):
+            try:
+                await self.refresh(set(changes.builds), boards=changes.boards)
+            except Exception:  # keep watching whatever one refresh did
+                log.exception("refresh failed")
+
+    async def _collect(self) -> None:
+        period = max(1.0, min(60.0, self.settings.grace / 4 or 1.0))
+        while not self._stop.is_set():
+            await asyncio.sleep(period)
+            self._publish()  # drops expired retired names
+            live = self.catalog.digests()
+            await asyncio.to_thread(self.store.collect, live, self.settings.grace)
+
+    # --- the pipeline -------------------------------------------------------------------------
+
+    async def refresh(self, changed: set[str] | None, *, boards: bool = False) -> None:
+        """Re-index ``changed`` builds (``None``: all), reload boards if asked, render, publish."""
+        async with self._lock:
+            await asyncio.to_thread(self._refresh_sync, changed, boards)
+            self._publish()
+
+    def _refresh_sync(self, changed: set[str] | None, boards: bool) -> None:
+        if boards:
+            self._boards, self._board_errors = load_boards(self.boards_dir)
+            for err in self._board_errors.values():
+                log.error("board file: %s", err)
+            log.info(
+                "boards: %d loaded (%s), %d invalid",
+                len(self._boards),
+                ", ".join(b.name for b in self._boards) or "none",
+                len(self._board_errors),
+            )
+        folders = {p.name: p for p in builds_mod.build_folders(self.builds_dir)}
+        names = set(folders) | set(self._builds) if changed is None else changed
+        for name in sorted(names):
+            self._index_one(name, folders.get(name))
+        self._render_all()
+
+    def _index_one(self, name: str, folder: Path | None) -> Build | None:
+        t0 = time.monotonic()
+        if folder is None or not folder.is_dir():
+            if self._builds.pop(name, None) is not None:
+                log.info("build %s: removed", name)
+                self.events.publish(Event(kind="build-removed", build=name))
+            return None
+        build = index_build(folder, self.store, quiet=self.settings.quiet)
+        duration = time.monotonic() - t0
+        self._builds[name] = build
+        if build.error:
+            log.error("build %s: %s", name, build.error)
+            self.events.publish(
+                Event(
+                    kind="build-failed",
+                    build=name,
+                    data={"duration": duration, "error": build.error},
+                )
+            )
+        else:
+            log.info(
+                "build %s: indexed in %.3fs: release %s, %s, %d configurations, %d modules CPIOs",
+                name,
+                duration,
+                build.release or "unknown",
+                f"FIT {build.info().fit}"
+                if build.kernel is None
+                else f"kernel {build.kernel.name}",
+                len(build.configurations),
+                len(build.modules),
+            )
+            self.events.publish(
+                Event(kind="build-indexed", build=name, data={"duration": duration})
+            )
+        return build
+
+    def _render_one(self, board: Board) -> Rendered | None:
+        t0 = time.monotonic()
+        builds = list(self._builds.values())
+        try:
+            r = render_board(board, builds, self.ctx)
+        except (RenderError, BoardError) as err:
+            self._rendered.pop(board.name, None)
+            info = BoardInfo(
+                name=board.name,
+                hostname=board.hostname,
+                user=board.user,
+                file=self._file_of(board),
+                rule=board.rule,
+                build=board.build,
+                reason=str(err),
+                error=str(err),
+            )
+            if (
+                self._board_info.get(board.name, info).error != info.error
+                or board.name not in self._board_info
+            ):
+                log.warning("board %s: not served: %s", board.name, err)
+                self.events.publish(
+                    Event(
+                        kind="board-failed",
+                        board=board.name,
+                        data={"duration": time.monotonic() - t0, "error": str(err)},
+                    )
+                )
+            self._board_info[board.name] = info
+            return None
+        info = r.info.model_copy(update={"file": self._file_of(board)})
+        previous = self._rendered.get(board.name)
+        self._rendered[board.name] = r
+        self._board_info[board.name] = info
+        if previous is None or previous.names != r.names:
+            log.info(
+                "board %s (%s-devboot-%s): build %s, %s: %s%s",
+                board.name,
+                board.user,
+                board.hostname,
+                info.build,
+                info.configuration,
+                info.reason,
+                "".join(f"; warning: {w}" for w in info.warnings),
+            )
+            self.events.publish(
+                Event(
+                    kind="board-rendered",
+                    board=board.name,
+                    build=info.build,
+                    data={"duration": time.monotonic() - t0, "artifacts": info.artifacts},
+                )
+            )
+        return r
+
+    def _file_of(self, board: Board) -> str | None:
+        path = self.boards_dir / f"{board.name}.toml"
+        return display_path(path) if path.exists() else None
+
+    def _render_all(self) -> None:
+        names = {b.name for b in self._boards}
+        for gone in set(self._rendered) - names:
+            self._rendered.pop(gone, None)
+        for gone in set(self._board_info) - names:
+            self._board_info.pop(gone, None)
+        for board in self._boards:
+            self._render_one(board)
+        # Hostname-only boards that were asked for before: follow the new build at once.
+        for user, host in list(self._unknown):
+            self._unknown.pop((user, host))
+            self._resolve_unknown(user, host)
+
+    def _publish(self) -> None:
+        entries: list[Entry] = []
+        versioned: set[str] = set()
+        rendered = [(n, r) for n, r in self._rendered.items()]
+        rendered += [
+            (u.rendered.info.name, u.rendered)
+            for u in self._unknown.values()
+            if u.rendered is not None
+        ]
+        for board, r in rendered:
+            for name, digest in r.names.items():
+                blob = self.store.blob(digest)
+                if blob is None:
+                    log.error(
+                        "board %s: blob %s of %s vanished from the store", board, digest, name
+                    )
+                    continue
+                entries.append(Entry(name, blob, board))
+            versioned |= r.versioned
+        old = self.catalog
+        keep = {n for n in old.entries if n in self._versioned_ever}
+        self._versioned_ever |= versioned
+        self.catalog = old.successor(entries, keep=keep, grace=self.settings.grace)
+
+    # --- hostname-only boards -----------------------------------------------------------------
+
+    def _resolve_unknown(self, user: str, host: str) -> _Unknown | None:
+        latest = builds_mod.latest(self._builds.values())
+        if latest is None:
+            return None
+        known = self._unknown.get((user, host))
+        if known and known.build == latest.name and known.build_mtime == latest.mtime:
+            return known
+        try:
+            board = board_for_hostname(user, host, latest)
+            rendered: Rendered | None = render_board(board, [latest], self.ctx)
+            reason = rendered.info.reason if rendered else ""
+            log.info(
+                "board %s-devboot-%s (no board file): build %s, %s: %s",
+                user,
+                host,
+                latest.name,
+                rendered.info.configuration if rendered else "-",
+                reason,
+            )
+        except (RenderError, ValidationError) as err:
+            rendered, reason = None, str(err).splitlines()[0]
+            log.warning("board %s-devboot-%s: not served: %s", user, host, reason)
+        u = _Unknown(latest.name, latest.mtime, rendered, reason)
+        self._unknown[(user, host)] = u
+        return u
+
+    # --- Service protocol ---------------------------------------------------------------------
+
+    def lookup(self, name: str) -> Entry:
+        """The current catalog's entry; a board with no file may be resolved by its hostname."""
+        try:
+            return self.catalog.lookup(name)
+        except NotServed as err:
+            cleaned = clean_name(name)
+            m = _STABLE.match(cleaned)
+            if m is None or self._lock.locked():
+                raise
+            user, host = m.group("user"), m.group("host")
+            if any(b.user == user and b.hostname == host for b in self._boards):
+                raise NotServed(f"{err}: board {user}/{host}: {self._why(user, host)}") from None
+            u = self._resolve_unknown(user, host)
+            if u is None:
+                raise NotServed(f"{err}: no usable build yet") from None
+            if u.rendered is None:
+                raise NotServed(f"{err}: {u.reason}") from None
+            if cleaned not in u.rendered.names:
+                raise NotServed(f"{err}: board {user}/{host} has no such artifact") from None
+            # Publish synchronously (no await: the loop is ours) so later lookups are a hit.
+            self._publish()
+            return self.catalog.lookup(cleaned)
+
+    def _why(self, user: str, host: str) -> str:
+        for b in self._boards:
+            if b.user == user and b.hostname == host:
+                info = self._board_info.get(b.name)
+                return info.reason if info else "not rendered yet"
+        return "unknown"
+
+    def boards(self) -> list[BoardInfo]:
+        """Every board: by file (valid or not), then hostname-only boards that were asked for."""
+        out = [self._board_info[b.name] for b in self._boards if b.name in self._board_info]
+        for file, err in sorted(self._board_errors.items()):
+            stem = Path(file).stem
+            out.append(BoardInfo(name=stem, hostname="", file=file, reason=err, error=err))
+        for (user, host), u in sorted(self._unknown.items()):
+            if u.rendered is not None:
+                out.append(u.rendered.info)
+            else:
+                out.append(
+                    BoardInfo(
+                        name=host,
+                        hostname=host,
+                        user=user,
+                        build=u.build,
+                        reason=u.reason,
+                        error=u.reason,
+                    )
+                )
+        return out
+
+    def builds(self) -> list[BuildInfo]:
+        """Every build folder, indexed or with the reason it could not be."""
+        return [b.info() for b in sorted(self._builds.values(), key=lambda b: b.name)]
+
+    async def index_now(self, build: str) -> IndexResult:
+        """Index one build at once (after an upload), re-render and publish."""
+        await self.refresh({build})
+        b = self._builds.get(build)
+        info = b.info() if b else BuildInfo(name=build, error=f"{build}: no such build folder")
+        return IndexResult(build=info, boards=self.boards())
+
+    async def remove_build(self, build: str) -> None:
+        """Delete a build folder, re-render and publish."""
+        import shutil
+
+        folder = self.builds_dir / build
+        if folder.resolve().parent != self.builds_dir.resolve():
+            raise NotServed(f"{build!r} is not a build folder name")
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        await self.refresh({build})
+
+    def started(self, transfer: Transfer) -> None:
+        """A server accepted a request."""
+        self.events.publish(Event.of_transfer(transfer, started=True))
+
+    def finished(self, transfer: Transfer) -> None:
+        """Journal the transfer, log it with its board and outcome, publish the event."""
+        self.journal.add(transfer)
+        # The servers log every request with its outcome; this is the service's own trace.
+        log.debug(
+            "%s %s %s %s board=%s %d/%d bytes %.3fs%s",
+            transfer.protocol,
+            transfer.client,
+            transfer.name,
+            transfer.outcome,
+            transfer.board or "-",
+            transfer.sent,
+            transfer.size,
+            transfer.duration,
+            f" ({transfer.reason})" if transfer.reason else "",
+        )
+        self.events.publish(Event.of_transfer(transfer))
+
+
+def served_names(service: OverridedService) -> Iterable[str]:
+    """Every name the current catalog serves (for logs and tests)."""
+    return sorted(service.catalog.entries)
