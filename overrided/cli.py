@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overrided.commands.cpio",
     "overrided.commands.serve",
     "overrided.commands.boards",
+    "overrided.commands.keys",
 )
 
 

@@ -15,7 +15,7 @@ from overrided.fit.build import COMPRESSIONS
 from overrided.fit.model import decode_list
 
 # Modules adding more `fit` subcommands: each has register_fit(fit_subparsers).
-FIT_EXTENSIONS: tuple[str, ...] = ()
+FIT_EXTENSIONS: tuple[str, ...] = ("overrided.commands.fit_sign",)
 
 
 def register(subparsers: Any) -> None:
