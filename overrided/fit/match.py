@@ -98,9 +98,10 @@ def _near_misses(fit: Fit, board: Sequence[str], rule: Rule) -> list[Candidate]:
             near.append(Candidate(conf.name, tuple(compat), _source(conf)))
     if near or not board:
         return near
-    everything = {
-        c: conf for conf in fit.configurations.values() for c in conf.effective_compatible(fit)
-    }
+    everything: dict[str, FitConfig] = {}  # string -> first configuration listing it
+    for conf in fit.configurations.values():
+        for value in conf.effective_compatible(fit):
+            everything.setdefault(value, conf)
     for value in difflib.get_close_matches(board[0], list(everything), n=5, cutoff=0.6):
         conf = everything[value]
         if all(c.config != conf.name for c in near):
