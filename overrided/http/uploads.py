@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from overrided.errors import OverridedError
 from overrided.http.context import MAX_UPLOAD, SERVICE, UPLOAD_LOCKS
 from overrided.http.errors import RequestError
-from overrided.state import BoardInfo, IndexResult
+from overrided.state import BoardInfo, IndexResult, Service
 
 CHUNK = 1 << 20
 _BUILD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -82,9 +82,12 @@ def check_artifact_path(path: str) -> str:
     return path
 
 
-def temp_name(folder: Path, stem: str) -> Path:
-    """A fresh dot-named path in ``folder``: the watcher ignores it, and nobody serves it."""
-    return folder / f".upload-{secrets.token_hex(6)}-{stem.replace('/', '_')}"
+def temp_name(build_dir: Path, stem: str) -> Path:
+    """A fresh dot-named path beside ``build_dir`` (same file system, so the final rename is
+    atomic); the watcher ignores dotfiles, and nothing serves them."""
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    flat = stem.replace("/", "_")
+    return build_dir.parent / f".upload-{build_dir.name}-{secrets.token_hex(6)}-{flat}"
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Installed:
     """Files renamed into place, with what they replaced, so a refused build can be undone."""
 
     build_dir: Path
+    created: bool = False  # the upload created the build folder
     backups: dict[Path, Path | None] = field(default_factory=dict)  # target → backup or None
 
     def undo(self) -> None:
@@ -129,7 +133,7 @@ class Installed:
 
 def install(staged: Staged) -> Installed:
     """Rename every staged file into place, keeping a hard-linked backup of what it replaces."""
-    done = Installed(staged.build_dir)
+    done = Installed(staged.build_dir, created=not staged.build_dir.exists())
     for path, tmp in staged.files.items():
         target = staged.build_dir / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -245,17 +249,15 @@ async def finish(request: web.Request, staged: Staged) -> web.Response:
         try:
             result = await service.index_now(build)
         except BaseException as err:
-            installed.undo()
             with contextlib.suppress(Exception):
-                await service.index_now(build)
+                await _restore(service, installed)
             if isinstance(err, OverridedError):
                 raise RequestError(
                     422, f"build {build}: {', '.join(files)} refused, previous files kept: {err}"
                 ) from err
             raise
         if result.build.error:
-            installed.undo()
-            await service.index_now(build)
+            await _restore(service, installed)
             raise RequestError(
                 422,
                 f"build {build}: {', '.join(files)} refused, previous files kept: "
@@ -268,12 +270,19 @@ async def finish(request: web.Request, staged: Staged) -> web.Response:
     return web.Response(text=answer_text(ans), status=201)
 
 
+async def _restore(service: Service, installed: Installed) -> None:
+    """Put the previous files back and re-index; a build that did not exist goes away again."""
+    installed.undo()
+    if installed.created:
+        await service.remove_build(installed.build_dir.name)
+    else:
+        await service.index_now(installed.build_dir.name)
+
+
 def _build_dir(request: web.Request) -> Path:
+    # Not created here: a broken upload must not leave an empty build folder behind.
     service = request.app[SERVICE]
-    build = check_build_name(request.match_info["build"])
-    folder = service.builds_dir / build
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return service.builds_dir / check_build_name(request.match_info["build"])
 
 
 def _check_length(request: web.Request, limit: int) -> None:
@@ -312,7 +321,7 @@ async def put_build(request: web.Request) -> web.Response:
     limit = request.app[MAX_UPLOAD]
     _check_length(request, limit)
     folder = _build_dir(request)
-    tar_tmp = temp_name(folder.parent, f"{folder.name}.tar")
+    tar_tmp = temp_name(folder, "upload.tar")
     staged = Staged(folder)
     try:
         await receive_file(request, tar_tmp, limit, request.content_length)
