@@ -1,0 +1,220 @@
+"""Build discovery and the watcher: which files make a build, what the index says about them,
+and that a burst of writes becomes one re-index."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from overrided.builds import (
+    Build,
+    classify,
+    find_inputs,
+    index_build,
+    latest,
+    release_of_modules_name,
+    watch,
+)
+from overrided.store import Store
+from tests.support.fits import board_dtb, sample_fit
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-configuration FIT made by mkimage."""
+    return sample_fit(tmp_path_factory.mktemp("sample")).fit
+
+
+def modules_cpio(out: Path, release: str) -> Path:
+    """A modules CPIO as `make modules-cpio-pkg` lays it out, written by GNU cpio."""
+    tree = out.parent / f".tree-{out.name}"
+    ko = tree / "lib" / "modules" / release / "kernel" / "drivers" / "x.ko"
+    ko.parent.mkdir(parents=True)
+    ko.write_bytes(b"\x7fELF module")
+    (tree / "lib" / "modules" / release / "modules.dep").write_text("kernel/drivers/x.ko:\n")
+    names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
+    names = ["lib", *names] if "lib" not in names else names
+    with out.open("wb") as f:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"],
+            input="\n".join(names).encode(),
+            stdout=f,
+            cwd=tree,
+            check=True,
+        )
+    shutil.rmtree(tree)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "release"),
+    [
+        ("modules-6.19.0-arm64.cpio", "6.19.0"),  # kbuild: modules-<release>-<arch>.cpio
+        ("modules-6.1.0-56-arm64-arm64.cpio", "6.1.0-56-arm64"),  # Debian's release ends in arch
+        ("modules-6.12.0-rc1-00042-gdeadbeef-arm.cpio.gz", "6.12.0-rc1-00042-gdeadbeef"),
+        ("modules-7.0.0.cpio.zst", "7.0.0"),
+        ("modules-7.0.0-riscv.cpio.xz", "7.0.0"),
+        ("modules.cpio", None),
+        ("modules-6.1.tar", None),
+        ("image.fit", None),
+    ],
+)
+def test_release_from_modules_file_name(name: str, release: str | None) -> None:
+    assert release_of_modules_name(name) == release
+
+
+def test_kernel_tree_layout_is_found(tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    (b / "arch/arm64/boot/dts/rockchip").mkdir(parents=True)
+    (b / "arch/arm64/boot/image.fit").write_bytes(b"x")
+    (b / "arch/arm64/boot/Image").write_bytes(b"k")
+    (b / "arch/arm64/boot/dts/rockchip/rk3568-rock-3a.dtb").write_bytes(b"d")
+    (b / "modules-6.19.0-arm64.cpio").write_bytes(b"m")
+    (b / ".modules-6.20.0-arm64.cpio.upload").write_bytes(b"half")  # upload in progress
+    (b / ".tmp_modules_cpio").mkdir()
+    (b / ".tmp_modules_cpio/modules-0-arm64.cpio").write_bytes(b"m")
+    found = find_inputs(b)
+    # image.fit wins over Image + DTBs: it is what the developer asked make to produce.
+    assert found.fit == b / "arch/arm64/boot/image.fit"
+    assert found.kernel is None and found.dtbs == []
+    assert found.modules == [b / "modules-6.19.0-arm64.cpio"]
+
+
+def test_dropped_kernel_and_vendor_dtbs(tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    (b / "dtbs/rockchip").mkdir(parents=True)
+    (b / "Image.gz").write_bytes(b"k")
+    (b / "Image").write_bytes(b"k")
+    (b / "dtbs/rockchip/a.dtb").write_bytes(b"d")
+    (b / "dtbs/b.dtb").write_bytes(b"d")
+    found = find_inputs(b)
+    assert found.kernel == b / "Image"
+    assert sorted(found.dtbs) == [b / "dtbs/b.dtb", b / "dtbs/rockchip/a.dtb"]
+
+
+def test_index_fit_build(tmp_path: Path, sample: Path) -> None:
+    b = tmp_path / "builds" / "next"
+    (b / "arch/arm64/boot").mkdir(parents=True)
+    shutil.copy(sample, b / "arch/arm64/boot/image.fit")
+    modules_cpio(b / "modules-6.19.0-rc3-arm64.cpio", "6.19.0-rc3")
+    build = index_build(b, Store(tmp_path / "st"))
+    assert build.error is None and build.usable
+    assert build.name == "next"
+    assert build.release == "6.19.0-rc3"
+    assert build.arch == "arm64"
+    confs = {c.name: c.compatible for c in build.configurations}
+    # conf-c has no compatible of its own: the root compatible of its DTB stands in.
+    assert confs == {
+        "conf-a": ["v,board-a", "v,soc"],
+        "conf-b": ["v,board-b", "v,soc"],
+        "conf-c": ["v,board-c", "v,soc-c"],
+        "conf-soc": ["v,soc"],
+    }
+    info = build.info()
+    assert info.fit == "arch/arm64/boot/image.fit"
+    assert info.modules == ["modules-6.19.0-rc3-arm64.cpio"]
+
+
+def test_index_kernel_and_dtbs_builds_a_fit_once(tmp_path: Path) -> None:
+    b = tmp_path / "builds" / "dropped"
+    b.mkdir(parents=True)
+    (b / "Image").write_bytes(b"\0" * 4096 + b"Linux version 6.19.0-test (me@host) #1 SMP\n")
+    board_dtb(b / "dts/radxa/rk3568-rock-3a.dtb", ["radxa,rock3a", "rockchip,rk3568"], "ROCK 3A")
+    board_dtb(b / "dts/fsl/imx8mm-evk.dtb", ["fsl,imx8mm-evk", "fsl,imx8mm"], "i.MX8MM EVK")
+    store = Store(tmp_path / "st")
+    first = index_build(b, store)
+    assert first.error is None, first.error
+    assert first.release == "6.19.0-test"  # read from the Image's banner
+    assert sorted(c.compatible[0] for c in first.configurations) == [
+        "fsl,imx8mm-evk",
+        "radxa,rock3a",
+    ]
+    assert first.fit is not None and first.fit.parent == store.blobs
+    again = index_build(b, store)
+    assert again.fit == first.fit  # same inputs: the cached FIT, not a new one
+
+
+@pytest.mark.parametrize(
+    ("setup", "error"),
+    [
+        (lambda b: None, "no image.fit and no Image/Image.gz/zImage found"),
+        (lambda b: (b / "Image").write_bytes(b"k"), "a kernel without any *.dtb files"),
+        (lambda b: (b / "image.fit").write_bytes(b"not a fit at all"), "image.fit"),
+    ],
+)
+def test_unusable_builds_say_why(tmp_path: Path, setup: object, error: str) -> None:
+    b = tmp_path / "builds" / "bad"
+    b.mkdir(parents=True)
+    setup(b)  # type: ignore[operator]
+    build = index_build(b, Store(tmp_path / "st"))
+    assert not build.usable
+    assert build.error is not None and error in build.error
+    assert build.info().error == build.error
+
+
+def test_truncated_fit_is_never_used(tmp_path: Path, sample: Path) -> None:
+    b = tmp_path / "builds" / "half"
+    b.mkdir(parents=True)
+    data = sample.read_bytes()
+    (b / "image.fit").write_bytes(data[: len(data) // 2])
+    build = index_build(b, Store(tmp_path / "st"))
+    assert not build.usable
+    assert build.error and "image.fit" in build.error
+
+
+def test_latest_is_the_newest_usable_build() -> None:
+    old = Build("old", Path("old"), fit=Path("f"), mtime=1.0)
+    new = Build("new", Path("new"), fit=Path("f"), mtime=2.0)
+    broken = Build("broken", Path("broken"), mtime=3.0, error="bad")
+    assert latest([old, new, broken]) == new
+    assert latest([broken]) is None
+
+
+def test_classify_maps_paths_to_builds_and_ignores_temp_files(tmp_path: Path) -> None:
+    builds, boards = tmp_path / "kernel-builds", tmp_path / "boards"
+    changes = classify(
+        [
+            builds / "a/arch/arm64/boot/image.fit",
+            builds / "a/modules-1-arm64.cpio",
+            builds / "b/.image.fit.upload-1234",  # upload in progress
+            builds / ".incoming/x",
+            boards / "notes.txt",
+        ],
+        builds,
+        boards,
+    )
+    assert changes.builds == {"a"} and not changes.boards
+    assert classify([boards / "rock3a.toml"], builds, boards).boards
+
+
+async def test_a_burst_of_writes_is_one_batch(tmp_path: Path) -> None:
+    builds, boards = tmp_path / "kernel-builds", tmp_path / "boards"
+    (builds / "b1").mkdir(parents=True)
+    boards.mkdir()
+    stop = asyncio.Event()
+    batches = []
+
+    async def collect() -> None:
+        async for changes in watch(builds, boards, step_ms=200, stop=stop):
+            batches.append(changes)
+
+    task = asyncio.create_task(collect())
+    await asyncio.sleep(0.3)  # let the watcher start
+    # What `make` does: hundreds of object files, then the artifacts.
+    for i in range(300):
+        (builds / "b1" / f"obj-{i}.o").write_bytes(b"o")
+    (builds / "b1" / "image.fit").write_bytes(b"fit")
+    (builds / "b1" / ".image.fit.tmp").write_bytes(b"temp")  # hidden: never an input
+    for _ in range(100):  # bounded wait for the batch (and any stragglers)
+        await asyncio.sleep(0.05)
+        if batches:
+            break
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert len(batches) == 1
+    assert batches[0].builds == {"b1"}
