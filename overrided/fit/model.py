@@ -8,6 +8,7 @@ so a 60 MB FIT is never copied or re-walked.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -233,7 +234,9 @@ class Fit:
     def close(self) -> None:
         """Release the mapping and the file (images' `data()` views must be gone by then)."""
         if isinstance(self._buf, mmap.mmap):
-            self._buf.close()
+            # While views of it are alive, the mapping goes with the last of them instead.
+            with contextlib.suppress(BufferError):
+                self._buf.close()
         if self._file is not None:
             self._file.close()
 
