@@ -1,0 +1,146 @@
+"""Shared pieces of the TFTP tests: a server on its own thread, an observer that records, a
+raw UDP client for hand-made packets. (No tests here; the ``test_tftp_*`` modules import it.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from overrided.folder import FolderNamespace
+from overrided.served import Namespace, Transfer
+from overrided.tftp import TftpServer
+from overrided.tftp.packets import Opcode, encode_request, opcode_of
+
+
+class RecordingObserver:
+    """Keeps every started/finished transfer; ``wait`` blocks until a predicate holds."""
+
+    def __init__(self) -> None:
+        self.started_records: list[Transfer] = []
+        self.finished_records: list[Transfer] = []
+        self._cond = threading.Condition()
+
+    def started(self, transfer: Transfer) -> None:
+        with self._cond:
+            self.started_records.append(transfer)
+            self._cond.notify_all()
+
+    def finished(self, transfer: Transfer) -> None:
+        with self._cond:
+            self.finished_records.append(transfer)
+            self._cond.notify_all()
+
+    def wait_finished(self, count: int = 1, timeout: float = 30.0) -> list[Transfer]:
+        """The first ``count`` finished transfers, waiting for them (AssertionError if late)."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.finished_records) >= count, timeout)
+            assert ok, f"only {len(self.finished_records)} of {count} transfers finished"
+            return list(self.finished_records[:count])
+
+
+class ServerThread:
+    """A ``TftpServer`` on 127.0.0.1 with its own event loop in a thread (a context manager)."""
+
+    def __init__(self, namespace: Namespace | Path, **options: Any) -> None:
+        self.namespace = FolderNamespace(namespace) if isinstance(namespace, Path) else namespace
+        self.options = options
+        self.observer = RecordingObserver()
+        self.port = 0
+        self.server: TftpServer | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        self.server = TftpServer(self.namespace, self.observer, **self.options)
+        self.call(self.server.start("127.0.0.1", 0))
+        self.port = self.server.port
+        return self
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """Run a plain function on the server's loop (to inspect server state safely)."""
+
+        async def wrapper() -> Any:
+            return fn()
+
+        return self.call(wrapper())
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.call(self.server.close(grace=0.5))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+class RawClient:
+    """A bare UDP socket speaking hand-made TFTP packets to the server."""
+
+    def __init__(self, port: int, timeout: float = 3.0) -> None:
+        self.server = ("127.0.0.1", port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(timeout)
+        self.peer: tuple[str, int] | None = None  # the transfer's TID once known
+
+    def request(
+        self, name: str, options: dict[str, str] | None = None, mode: str = "octet"
+    ) -> None:
+        """Send an RRQ to the server's well-known port."""
+        self.send_raw(encode_request(Opcode.RRQ, name, mode, options))
+
+    def send_raw(self, packet: bytes) -> None:
+        """Send bytes to the well-known port."""
+        self.sock.sendto(packet, self.server)
+
+    def send(self, packet: bytes) -> None:
+        """Send bytes to the transfer's TID."""
+        assert self.peer is not None
+        self.sock.sendto(packet, self.peer)
+
+    def recv(self) -> bytes:
+        """The next packet (TimeoutError if none); remembers the sender as the transfer TID."""
+        data, addr = self.sock.recvfrom(70000)
+        if addr != self.server:
+            self.peer = addr
+        return bytes(data)
+
+    def recv_all(self, quiet: float = 0.3) -> list[bytes]:
+        """Every packet until the line stays quiet for ``quiet`` seconds."""
+        got: list[bytes] = []
+        old = self.sock.gettimeout()
+        self.sock.settimeout(quiet)
+        try:
+            while True:
+                got.append(self.recv())
+        except TimeoutError:
+            return got
+        finally:
+            self.sock.settimeout(old)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+def data_blocks(packets: list[bytes]) -> list[int]:
+    """Block numbers of the DATA packets in ``packets``."""
+    return [(p[2] << 8) | p[3] for p in packets if opcode_of(p) == Opcode.DATA]
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``pred`` until true (AssertionError on timeout); for state set by another thread."""
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.01)
