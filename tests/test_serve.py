@@ -1,0 +1,233 @@
+"""`overrided serve` for real: a subprocess on loopback, builds dropped into its folder, and
+tftp-hpa's `tftp` (and curl-like HTTP GETs) fetching the devboot script and what it names.
+
+FITs are made by mkimage (tests/support/fits.py), modules CPIOs by GNU cpio, the trimmed FIT is
+checked with U-Boot's `dumpimage -l` and by re-parsing it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from overrided.fit import Fit
+from tests.support.fits import SAMPLE_BOARDS, dumpimage_list, sample_fit
+from tests.support.serve import Served
+from tests.test_builds import modules_cpio
+
+BOARD_A = """
+user = "afa"
+compatible = ["v,board-a", "v,soc"]
+initrd = "append"
+[bootargs]
+rsinit = "rsinit.bind=/lib/modules"
+"""
+
+
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two different builds of the sample FIT (sha256 vs sha1 hash nodes)."""
+    one = sample_fit(tmp_path_factory.mktemp("fit1")).fit
+    two = sample_fit(tmp_path_factory.mktemp("fit2"), hashes=("sha1",)).fit
+    return one, two
+
+
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return modules_cpio(tmp_path_factory.mktemp("mods") / "modules-6.19.0-arm64.cpio", "6.19.0")
+
+
+def drop_build(builds: Path, name: str, fit: Path, modules: Path | None = None) -> Path:
+    """Land a build the way an upload does: write under dot-names, then rename into place."""
+    folder = builds / name
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [(fit, "image.fit")] + ([(modules, modules.name)] if modules else [])
+    for src, dst in files:
+        tmp = folder / f".{dst}.part"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, folder / dst)
+    return folder
+
+
+def script_vars(script: bytes) -> dict[str, str]:
+    """``name="value"`` assignments of a devboot script."""
+    return dict(re.findall(r'^(devboot_\w+)="([^"]*)"$', script.decode(), re.M))
+
+
+def wait_script(srv: Served, name: str, pattern: str) -> bytes:
+    """Poll over TFTP until the script ``name`` exists and matches ``pattern``."""
+
+    def ready() -> bytes | None:
+        data = srv.served(name)
+        return data if data is not None and re.search(pattern, data.decode()) else None
+
+    result: bytes = srv.wait_for(ready, what=f"{name} matching {pattern!r}")
+    return result
+
+
+def test_devboot_script_and_everything_it_names(
+    tmp_path: Path, fits: tuple[Path, Path], modules: Path
+) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    drop_build(srv.builds, "b1", fits[0], modules)
+    with srv:
+        script = srv.tftp_get("afa-devboot-board-a")
+        lines = script.decode().splitlines()
+        assert lines[0] == "# afa-devboot-board-a: devboot overrides for board a"
+        assert lines[1].startswith("# build b1 (6.19.0), configuration conf-a (Board A), ")
+        assert "'v,board-a' is entry 0" in lines[1]
+        v = script_vars(script)
+        assert set(v) == {"devboot_image", "devboot_initrd"}  # oftree: the FIT brings it
+        assert re.fullmatch(r"afa-fit-board-a-[0-9a-f]{12}", v["devboot_image"])
+        assert re.fullmatch(r":afa-initrd-board-a-[0-9a-f]{12}", v["devboot_initrd"])
+        assert 'global linux.bootargs.dyn.rsinit="rsinit.bind=/lib/modules"' in lines
+
+        fit_path = tmp_path / "got.fit"
+        fit_bytes = srv.tftp_get(v["devboot_image"], fit_path)
+        listing = dumpimage_list(fit_path)
+        assert "Default Configuration: 'conf-a'" in listing
+        assert re.findall(r"Configuration \d+ \((\S+)\)", listing) == ["conf-a"]
+        with Fit.open(fit_path) as fit:
+            assert list(fit.configurations) == ["conf-a"]
+            assert sorted(fit.images) == ["fdt-a", "kernel", "ramdisk"]
+            dtb = bytes(fit.images["fdt-a"].data())
+        assert dtb == (fits[0].parent / "fdt-a.dtb").read_bytes()
+
+        initrd = srv.tftp_get(v["devboot_initrd"].lstrip(":"))
+        listed = subprocess.run(
+            ["cpio", "-t", "--quiet"], input=initrd, capture_output=True, check=True
+        ).stdout.decode()
+        assert "lib/modules/6.19.0/kernel/drivers/x.ko" in listed.splitlines()
+
+        # barebox's `boot net` names, so a plain `devboot` (default boot order) works too.
+        assert srv.tftp_get("afa-linux-board-a") == fit_bytes
+        assert srv.tftp_get("afa-oftree-board-a") == dtb
+        # No init CPIO: a modules-only initramfs would leave the kernel without /init.
+        assert srv.served("afa-initramfs-board-a") is None
+
+        # HTTP serves the same catalog.
+        assert srv.http_get("/afa-devboot-board-a") == script
+        assert srv.http_get("/" + v["devboot_image"]) == fit_bytes
+        (board,) = srv.api("/api/boards")
+        assert board["configuration"] == "conf-a" and board["build"] == "b1"
+        assert board["artifacts"]["fit"] == v["devboot_image"]
+        assert "board a (afa-devboot-board-a): build b1, conf-a" in srv.log()
+    assert srv.proc is not None and srv.proc.returncode == 0  # SIGTERM: clean exit
+
+
+def test_rebuild_during_boot_keeps_old_names_byte_exact(
+    tmp_path: Path, fits: tuple[Path, Path], modules: Path
+) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    drop_build(srv.builds, "b1", fits[0], modules)
+    with srv:
+        old_script = srv.tftp_get("afa-devboot-board-a")
+        old = script_vars(old_script)
+        old_fit = srv.tftp_get(old["devboot_image"])
+        old_initrd = srv.tftp_get(old["devboot_initrd"].lstrip(":"))
+
+        # The developer rebuilds while the board is between fetching the script and the FIT.
+        drop_build(srv.builds, "b1", fits[1], modules)
+        gone = r"(?s)^(?!.*" + old["devboot_image"] + ")"
+        new_script = wait_script(srv, "afa-devboot-board-a", gone)
+        new = script_vars(new_script)
+        assert new["devboot_image"] != old["devboot_image"]
+        # The old script's names still serve exactly the old bytes ...
+        assert srv.tftp_get(old["devboot_image"]) == old_fit
+        assert srv.tftp_get(old["devboot_initrd"].lstrip(":")) == old_initrd
+        # ... and the new script names a FIT from the new build only.
+        new_fit = srv.tftp_get(new["devboot_image"], tmp_path / "new.fit")
+        assert new_fit != old_fit
+        assert "sha1" in dumpimage_list(tmp_path / "new.fit")
+        # Unchanged modules: the same initrd blob, the same versioned name.
+        assert new["devboot_initrd"] == old["devboot_initrd"]
+
+
+def test_board_without_a_file_is_matched_by_hostname(
+    tmp_path: Path, fits: tuple[Path, Path], modules: Path
+) -> None:
+    srv = Served(tmp_path)
+    drop_build(srv.builds, "b1", fits[0], modules)
+    with srv:
+        # barebox's default hostname of a "v,board-b" board is "board-b"; user defaults to none.
+        script = srv.tftp_get("none-devboot-board-b")
+        assert "configuration conf-b (Board B)" in script.decode()
+        v = script_vars(script)
+        fit_path = tmp_path / "b.fit"
+        srv.tftp_get(v["devboot_image"], fit_path)
+        with Fit.open(fit_path) as fit:
+            assert list(fit.configurations) == ["conf-b"]
+        # conf-c has no compatible of its own; its DTB says "v,board-c".
+        assert b"configuration conf-c" in srv.tftp_get("none-devboot-board-c")
+        # Nothing has "<vendor>,rock3a" first: nothing is served, and the log says why.
+        assert srv.served("none-devboot-rock3a") is None
+        srv.wait_for(lambda: "has a first compatible '<vendor>,rock3a'" in srv.log())
+        boards = {b["hostname"]: b for b in srv.api("/api/boards")}
+        assert boards["board-b"]["configuration"] == "conf-b"
+        assert boards["rock3a"]["error"]
+
+
+def test_invalid_board_file_does_not_stop_the_others(
+    tmp_path: Path, fits: tuple[Path, Path]
+) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    (srv.boards / "broken.toml").write_text('compatible = ["v,board-b"]\nimage = "zimage"\n')
+    drop_build(srv.builds, "b1", fits[0])
+    with srv:
+        assert srv.served("afa-devboot-board-a") is not None
+        error = "boards/broken.toml: image: Input should be 'fit' or 'kernel'"
+        assert error in srv.log()
+        broken = next(b for b in srv.api("/api/boards") if b["name"] == "broken")
+        assert broken["error"].startswith(error)
+        # Fixing the file is picked up by the watcher.
+        (srv.boards / "broken.toml").write_text('compatible = ["v,board-b"]\nuser = "x"\n')
+        wait_script(srv, "x-devboot-board-b", "configuration conf-b")
+
+
+def test_half_written_fit_is_never_used(
+    tmp_path: Path, fits: tuple[Path, Path], modules: Path
+) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    drop_build(srv.builds, "b1", fits[0], modules)
+    with srv:
+        first = script_vars(srv.tftp_get("afa-devboot-board-a"))
+        # A slow copy straight into the final name (no rename): half now, the rest later.
+        data = fits[1].read_bytes()
+        b2 = srv.builds / "b2"
+        b2.mkdir()
+        with (b2 / "image.fit").open("wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            srv.wait_for(
+                lambda: any(b["name"] == "b2" and b["error"] for b in srv.api("/api/builds")),
+                what="b2 indexed as unusable",
+            )
+            # Meanwhile the board is still served, from b1.
+            assert script_vars(srv.tftp_get("afa-devboot-board-a")) == first
+            f.write(data[len(data) // 2 :])
+        script = wait_script(srv, "afa-devboot-board-a", r"# build b2")
+        fit_path = tmp_path / "b2.fit"
+        srv.tftp_get(script_vars(script)["devboot_image"], fit_path)
+        assert "sha1" in dumpimage_list(fit_path)
+
+
+def test_empty_builds_folder_serves_nothing_and_says_so(tmp_path: Path) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    with srv:
+        assert srv.served("afa-devboot-board-a") is None
+        assert "board a: not served: no usable build in the builds folder yet" in srv.log()
+
+
+def test_sample_boards_cover_the_fixture() -> None:
+    # The tests above rely on these compatibles; keep them in sync with tests/support/fits.py.
+    assert SAMPLE_BOARDS["fdt-a"][0] == "v,board-a"
