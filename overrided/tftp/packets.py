@@ -163,7 +163,8 @@ def negotiate(
             oack[name] = str(number)
         elif name == "tsize":
             # RFC 2349: a reading client sends 0; the server answers with the size in octets.
-            if number is None or size is None:
+            # An empty file's size is left out (the option ignored): curl rejects "tsize 0".
+            if number is None or not size:
                 continue
             tsize = True
             oack[name] = str(size)

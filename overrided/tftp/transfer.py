@@ -249,10 +249,8 @@ class ReadTransfer:
         self._deadline = self._sent_at + self.timeout
 
     def _send_error(self, code: ErrorCode, message: str) -> None:
-        try:
+        with contextlib.suppress(OSError):  # best effort: the transfer ends either way
             self.sock.sendto(encode_error(code, message), self.peer)
-        except OSError:
-            pass  # best effort: the transfer ends either way
 
     def _send_window(self, first: int) -> None:
         """Read and send blocks ``first`` .. ``first + window - 1`` (RFC 7440 section 4)."""

@@ -1,0 +1,133 @@
+"""Real TFTP clients against the server: tftp-hpa ``tftp``, ``atftp`` (windowsize too), ``curl``.
+
+Each reads edge sizes (empty, exactly one block, one block and a byte) and 40 MiB at blksize
+512, which is 81921 blocks, so block numbers roll over past 65535; every file is compared
+byte for byte and the server's record must say ``ok``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_tftp_support import ServerThread
+
+BIG = 40 << 20
+
+# name → size; blocks of 512, 1432 (barebox) and 1468 (U-Boot)
+SIZES = {
+    "empty": 0,
+    "b512": 512,
+    "b513": 513,
+    "b1432": 1432,
+    "b1433": 1433,
+    "b1468": 1468,
+    "b1469": 1469,
+    "big40m": BIG,
+}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, Path]]:
+    root = tmp_path_factory.mktemp("tftproot")
+    for name, size in SIZES.items():
+        (root / name).write_bytes(os.urandom(size))
+    (root / "text.txt").write_bytes(b"line one\nline two\r\nbare\rcr\n" * 100)
+    with ServerThread(root) as server:
+        yield server, root
+
+
+def tftp_hpa(port: int, name: str, out: Path, mode: str = "octet") -> list[str]:
+    return ["tftp", "127.0.0.1", str(port), "-m", mode, "-c", "get", name, str(out)]
+
+
+def atftp(port: int, name: str, out: Path, blksize: int, window: int) -> list[str]:
+    opts = ["--option", f"blksize {blksize}"]
+    if window > 1:
+        opts += ["--option", f"windowsize {window}"]
+    return ["atftp", *opts, "-g", "-r", name, "-l", str(out), "127.0.0.1", str(port)]
+
+
+def curl(port: int, name: str, out: Path, blksize: int) -> list[str]:
+    url = f"tftp://127.0.0.1:{port}/{name}"
+    return ["curl", "-sS", "--tftp-blksize", str(blksize), "-o", str(out), url]
+
+
+CASES = [
+    # (client, name, blksize, windowsize)
+    *[("tftp-hpa", n, 512, 1) for n in ("empty", "b512", "b513", "big40m")],
+    *[("curl", n, 512, 1) for n in ("empty", "b512", "b513", "big40m")],
+    *[("curl", n, 1432, 1) for n in ("empty", "b1432", "b1433")],
+    *[("curl", n, 1468, 1) for n in ("b1468", "b1469")],
+    *[("atftp", n, 512, 1) for n in ("empty", "b512", "b513")],
+    *[("atftp", n, 1432, 16) for n in ("empty", "b1432", "b1433")],
+    ("atftp", "big40m", 512, 16),
+]
+
+
+@pytest.mark.parametrize(
+    ("client", "name", "blksize", "window"),
+    CASES,
+    ids=[f"{c}-{n}-bs{b}-w{w}" for c, n, b, w in CASES],
+)
+def test_real_client_reads_byte_exact(
+    served: tuple[ServerThread, Path],
+    tmp_path: Path,
+    client: str,
+    name: str,
+    blksize: int,
+    window: int,
+) -> None:
+    server, root = served
+    out = tmp_path / "got"
+    before = len(server.observer.finished_records)
+    if client == "tftp-hpa":
+        argv = tftp_hpa(server.port, name, out)
+    elif client == "atftp":
+        argv = atftp(server.port, name, out, blksize, window)
+    else:
+        argv = curl(server.port, name, out, blksize)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == (root / name).read_bytes()
+    record = server.observer.wait_finished(before + 1)[-1]
+    assert (record.outcome, record.name, record.sent) == ("ok", name, SIZES[name])
+    if client != "tftp-hpa":  # tftp-hpa sends no options at all
+        assert record.options.get("blksize") == str(blksize)
+    assert record.options.get("windowsize", "1") == str(window)
+
+
+def test_tftp_hpa_netascii_round_trip(served: tuple[ServerThread, Path], tmp_path: Path) -> None:
+    # RFC 1350 netascii: the server sends CR LF / CR NUL, tftp-hpa translates back
+    server, root = served
+    out = tmp_path / "got.txt"
+    proc = subprocess.run(
+        tftp_hpa(server.port, "text.txt", out, mode="netascii"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == (root / "text.txt").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("argv_of", "error"),
+    [
+        (lambda port, out: tftp_hpa(port, "missing", out), "File not found"),
+        # curl 7.88 prints a bogus getpeername() message but exits 68, "TFTP: file not found"
+        (lambda port, out: curl(port, "missing", out, 512), "exit 68"),
+    ],
+    ids=["tftp-hpa", "curl"],
+)
+def test_real_client_sees_file_not_found(
+    served: tuple[ServerThread, Path], tmp_path: Path, argv_of: object, error: str
+) -> None:
+    server, _ = served
+    argv = argv_of(server.port, tmp_path / "x")  # type: ignore[operator]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert error.lower() in f"{proc.stdout}{proc.stderr}exit {proc.returncode}".lower()
