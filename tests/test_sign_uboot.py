@@ -242,3 +242,60 @@ def test_every_case_ran(uboot_results: tuple[dict[str, Case], dict[str, Outcome]
     assert list(cases) == CASE_NAMES
     assert set(outcomes) == set(cases)
     assert "U-Boot 2023.01" in log
+
+
+# -- a real boot with a required key ----------------------------------------------------------
+
+BOOT_FIT = 0x50000000
+OTHER_FIT = 0x54000000
+UNSIGNED_FIT = 0x58000000
+BOOT_INITRD = 0x48000000
+
+
+def test_bootm_with_required_key_boots_ours_and_refuses_others(
+    tmp_path: Path,
+) -> None:
+    """The board's control DT carries our key with ``required = "conf"``, so ``bootm`` itself
+    enforces the signature: Debian's kernel boots from our signed, trimmed FIT into an init,
+    while the same FIT signed by another key, or not signed, is refused."""
+    from overrided.fit.build import build_fit
+    from tests.e2e import parts
+    from tests.support import debian
+    from tests.support.uboot import dump_dtb
+
+    kernel = debian.kernel()
+    initrd = parts.init_cpio(tmp_path / "init.cpio")
+    virt = dump_dtb(tmp_path / "virt.dtb")  # the board's DT, also the FIT's fdt
+    build_fit(kernel.image, [virt], tmp_path / "build.itb")
+    trimmed = trim_bytes(Fit.open(tmp_path / "build.itb"), "conf-1", add_hashes=True)
+    keys = rsa_keys(tmp_path / "keys", "dev")
+    dev = load_private_key_file(keys / "dev.key")
+    fits = {
+        BOOT_FIT: sign_configuration(trimmed, "conf-1", dev, key_name="dev"),
+        OTHER_FIT: sign_configuration(trimmed, "conf-1", generate_key("rsa2048"), key_name="dev"),
+        UNSIGNED_FIT: trimmed,
+    }
+    extra = ["-device", f"loader,file={initrd},addr={BOOT_INITRD:#x},force-raw=on"]
+    for addr, blob in fits.items():
+        path = tmp_path / f"fit-{addr:x}.itb"
+        path.write_bytes(blob)
+        extra += ["-device", f"loader,file={path},addr={addr:#x},force-raw=on"]
+    # U-Boot's control DT is the one QEMU hands over: ours, with the key added.
+    control = export_uboot_dtb(
+        dev.public_key(), "dev", tmp_path / "control.dtb", required="conf", base_dtb=virt
+    )
+    extra += ["-dtb", str(control)]
+    rd = f"{BOOT_INITRD:#x}:{initrd.stat().st_size:#x}"
+    with UBoot(extra, log_path=tmp_path / "serial.log") as ub:
+        ub.boot_to_prompt()
+        ub.check("setenv bootargs console=ttyAMA0")
+        for addr in (OTHER_FIT, UNSIGNED_FIT):
+            res = ub.run(f"bootm {addr:#x} {rd}", timeout=120)
+            assert res.status == 1, ub.log
+            assert "Failed to verify required signature 'key-dev'" in res.output, res.output
+            assert "Starting kernel" not in res.output
+        ub.send_line(f"bootm {BOOT_FIT:#x} {rd}")
+        ub.expect(r"Verifying Hash Integrity \.\.\. sha256,rsa2048:dev\+ OK", 120)
+        ub.expect("Starting kernel", 120)
+        m = ub.expect(rf"{parts.MARKER} init release=(\S+)", 240)
+        assert m.group(1) == kernel.release
