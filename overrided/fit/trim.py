@@ -112,6 +112,30 @@ def _hash_node(fit: Fit, image: FitImage, strings: _Strings, algo: str) -> bytes
     )
 
 
+def _drop_children_except(fit: Fit, parent: str, keep: Sequence[str]) -> list[_Edit]:
+    """Deletions of every child subtree of `parent` not in `keep`, as few contiguous runs.
+
+    Sibling subtrees lie back to back (NOPs between them belong to no node), so the runs
+    between kept children go whole: one edit per gap, however many nodes it spans.
+    """
+    children = fit.nodes[parent].children
+    if not children:
+        return []
+    wanted = set(keep)
+    edits = []
+    pos = fit.nodes[f"{parent}/{children[0]}"].begin
+    for name in children:
+        if name in wanted:
+            rec = fit.nodes[f"{parent}/{name}"]
+            if rec.begin > pos:
+                edits.append(_Edit(pos, rec.begin, ()))
+            pos = rec.end
+    end = fit.nodes[f"{parent}/{children[-1]}"].end
+    if end > pos:
+        edits.append(_Edit(pos, end, ()))
+    return edits
+
+
 def plan(fit: Fit, config: str, *, add_hashes: bool = False) -> list[Segment]:
     """The output FIT as a list of segments (see `Segment`); pure, nothing is written."""
     where = f"{fit.path}"
@@ -129,11 +153,11 @@ def plan(fit: Fit, config: str, *, add_hashes: bool = False) -> list[Segment]:
         )
     strings = _Strings(fit.strings)
     edits: list[_Edit] = []
+    edits += _drop_children_except(fit, "/images", keep)
     for name in fit.nodes["/images"].children:
-        rec = fit.nodes[f"/images/{name}"]
         if name not in keep:
-            edits.append(_Edit(rec.begin, rec.end, ()))
             continue
+        rec = fit.nodes[f"/images/{name}"]
         image = fit.images[name]
         if image.data_location == "missing":
             raise FitError(f"{where}: /images/{name} has no data")
@@ -144,10 +168,7 @@ def plan(fit: Fit, config: str, *, add_hashes: bool = False) -> list[Segment]:
                 _Edit(rec.end - 4, rec.end - 4, (_hash_node(fit, image, strings, "sha256"),))
             )
     confs = fit.nodes["/configurations"]
-    for name in confs.children:
-        if name != config:
-            rec = fit.nodes[f"/configurations/{name}"]
-            edits.append(_Edit(rec.begin, rec.end, ()))
+    edits += _drop_children_except(fit, "/configurations", [config])
     default = _prop(strings, "default", config.encode() + b"\0")
     if "default" in confs.props:
         old = confs.props["default"]

@@ -1,0 +1,143 @@
+"""Per-board FIT trimming on Debian's arm64 kernel FIT (~60 MB, ~580 configurations).
+
+Ours: index the FIT once (`Fit.open`), then per board write a trimmed FIT from slices of the
+source (`trim`). Peer, in the same run: the naive way with pylibfdt, `Fdt(blob)`, `del_node` of
+every other configuration and unreferenced image, `pack`, write. Both write to a file in the
+same folder; both outputs are checked to hold the same kernel and DTB bytes.
+
+    .venv/bin/python bench/bench_fit.py [--repeat N] [--naive-repeat N]
+
+Prints a table (medians) and a final ``ratio_vs_naive=`` line (median naive / median ours over
+the boards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import libfdt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from overrided.fit import Fit, build_fit, find_dtbs, match, trim
+from overrided.fit.model import decode_list
+from tests.support import debian
+
+BOARDS = [
+    "rockchip/rk3568-rock-3a.dtb",
+    "freescale/imx8mm-evk.dtb",
+    "rockchip/rk3399-rockpro64-v2.dtb",
+    "broadcom/bcm2711-rpi-4-b.dtb",
+    "allwinner/sun50i-a64-pine64-plus.dtb",
+]
+
+
+def naive_trim(blob: bytes, config: str, keep: list[str], out: Path) -> None:
+    """The peer: delete everything else with libfdt, pack, set default, write."""
+    fdt = libfdt.Fdt(blob)
+    confs = fdt.path_offset("/configurations")
+    names = []
+    node = fdt.first_subnode(confs, quiet=(libfdt.NOTFOUND,))
+    while node >= 0:
+        names.append(fdt.get_name(node))
+        node = fdt.next_subnode(node, quiet=(libfdt.NOTFOUND,))
+    for name in names:
+        if name != config:
+            fdt.del_node(fdt.path_offset(f"/configurations/{name}"))
+    images = fdt.path_offset("/images")
+    names = []
+    node = fdt.first_subnode(images, quiet=(libfdt.NOTFOUND,))
+    while node >= 0:
+        names.append(fdt.get_name(node))
+        node = fdt.next_subnode(node, quiet=(libfdt.NOTFOUND,))
+    for name in names:
+        if name not in keep:
+            fdt.del_node(fdt.path_offset(f"/images/{name}"))
+    fdt.setprop_str(fdt.path_offset("/configurations"), "default", config)
+    fdt.pack()
+    out.write_bytes(fdt.as_bytearray())
+
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, list[float]]:
+    """Median seconds over `repeat` runs after one warm-up run."""
+    fn()
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs), runs
+
+
+def main() -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=15, help="runs per board for ours")
+    parser.add_argument("--naive-repeat", type=int, default=3, help="runs per board, naive")
+    args = parser.parse_args()
+
+    kernel = debian.kernel()
+    with tempfile.TemporaryDirectory(prefix="bench-fit-") as tmp:
+        work = Path(tmp)
+        source = work / "image.fit"
+        dtbs = find_dtbs(kernel.dtbs)
+        start = time.perf_counter()
+        build_fit(kernel.image, dtbs, source)
+        build_s = time.perf_counter() - start
+        size = source.stat().st_size
+        print(f"kernel {kernel.release}: {len(dtbs)} DTBs, FIT {size / 1e6:.1f} MB, built in "
+              f"{build_s:.2f} s")  # fmt: skip
+
+        start = time.perf_counter()
+        fit = Fit.open(source)
+        index_s = time.perf_counter() - start
+        blob = source.read_bytes()  # the peer gets the file in memory for free
+        print(f"index (Fit.open, once): {index_s * 1e3:.1f} ms")
+        print()
+        header = (
+            f"{'board':<24} {'config':<9} {'out MB':>7} {'ours ms':>8} {'naive ms':>9} {'ratio':>7}"
+        )
+        print(header)
+        print("-" * len(header))
+        ratios = []
+        ours_all = []
+        for name in BOARDS:
+            dtb = kernel.dtbs / name
+            if not dtb.exists():
+                print(f"{name}: not in this kernel, skipped")
+                continue
+            board = decode_list(bytes(libfdt.FdtRo(dtb.read_bytes()).getprop(0, "compatible")))
+            config = match(fit, board, "barebox").config
+            assert config is not None, board
+            keep = fit.configurations[config].references()
+            ours_out, naive_out = work / "ours.fit", work / "naive.fit"
+            ours, _ = timed(lambda c=config, o=ours_out: trim(fit, c, o), args.repeat)
+            naive, _ = timed(
+                lambda c=config, k=keep, o=naive_out: naive_trim(blob, c, k, o), args.naive_repeat
+            )
+            a, b = Fit.open(ours_out), Fit.open(naive_out)
+            assert list(a.images) == list(b.images)
+            assert set(a.images) == set(keep)
+            for unit in keep:
+                assert bytes(a.images[unit].data()) == bytes(b.images[unit].data())
+            assert bytes(a.images[fit.configurations[config].fdt[0]].data()) == dtb.read_bytes()
+            out_mb = ours_out.stat().st_size / 1e6
+            ratios.append(naive / ours)
+            ours_all.append(ours)
+            print(f"{board[0]:<24} {config:<9} {out_mb:>7.1f} {ours * 1e3:>8.1f} "
+                  f"{naive * 1e3:>9.1f} {naive / ours:>6.0f}x")  # fmt: skip
+        print()
+        print(f"ours: median per board {statistics.median(ours_all) * 1e3:.1f} ms "
+              f"(target <= 50 ms); index once {index_s * 1e3:.1f} ms")  # fmt: skip
+        print(f"ratio_vs_naive={statistics.median(ratios):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
