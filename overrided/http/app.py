@@ -26,7 +26,7 @@ def refusal(request: web.Request) -> web.Response | None:
         401,
         f"{request.method} {request.path} needs the upload token, got {said}: add "
         "-H 'Authorization: Bearer <token>' (overrided serve prints the token when it creates "
-        "it and keeps it in the file 'token' of its state folder)",
+        "it and keeps it in <store>/token, .overrided/token by default)",
         # RFC 6750 §3: a protected resource answers 401 with a Bearer challenge.
         headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="overrided"'},
     )
