@@ -27,7 +27,7 @@ from overrided.fit.regions import (
     struct_regions,
     tags,
 )
-from overrided.fit.sign import sign_all, sign_configuration
+from overrided.fit.sign import bootloader_warnings, sign_all, sign_configuration
 from overrided.fit.trim import trim_bytes
 from overrided.fit.verify import verify
 from overrided.keys import SigningKey, generate_key, load_private_key_file
@@ -461,6 +461,24 @@ def test_not_a_fit_is_rejected(key: SigningKey) -> None:
         sign_all(b"\x7fELF" + bytes(100), key, key_name="dev")
     with pytest.raises(FitError, match="not a FIT"):
         verify(b"\xd0\x0d\xfe\xed" + bytes(3), key.public_key())
+
+
+@pytest.mark.parametrize(
+    ("algo", "padding", "expected"),
+    [
+        ("sha256,rsa2048", "pkcs-1.5", []),
+        ("sha1,rsa4096", "pkcs-1.5", []),
+        ("sha512,rsa2048", "pkcs-1.5", ["barebox refuses sha512"]),
+        ("sha256,rsa2048", "pss", ["barebox verifies PKCS#1 v1.5 only"]),
+        ("sha256,ecdsa256", "pkcs-1.5", ["U-Boot verifies ECDSA only with an ECDSA driver"]),
+        ("sha384,ecdsa384", "pkcs-1.5", ["sha384", "P-256 only", "ECDSA driver"]),
+    ],
+)
+def test_bootloader_warnings(algo: str, padding: str, expected: list[str]) -> None:
+    warnings = bootloader_warnings(algo, padding)
+    assert len(warnings) == len(expected)
+    for warning, fragment in zip(warnings, expected, strict=True):
+        assert fragment in warning
 
 
 # -- hashes, external data, trimming ----------------------------------------------------------

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 from overrided.fit.model import FitError
-from overrided.fit.sign import PADDINGS, sign_all, sign_configuration
+from overrided.fit.sign import PADDINGS, bootloader_warnings, sign_all, sign_configuration
 from overrided.fit.verify import verify
 from overrided.keys import key_algo, load_private_key_file, load_public_keys, load_signing_key
 
@@ -91,6 +92,8 @@ def _sign(args: argparse.Namespace) -> int:
     except FitError as err:
         raise FitError(f"{args.file}: {err}") from None
     _write_atomically(args.output, signed)
+    for warning in bootloader_warnings(algo, args.padding):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.output}: signed {args.config or 'every configuration'} with {algo}")
     return 0
 

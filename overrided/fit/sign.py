@@ -84,6 +84,21 @@ def check_key_fits(algo: SignAlgo, key: SigningKey | PublicKey, pad: str) -> Non
         raise FitError(f"padding pss applies to RSA only, not {algo.crypto}")
 
 
+def bootloader_warnings(algo: str, pad: str = "pkcs-1.5") -> list[str]:
+    """Why a signature with `algo`/`pad` would not verify on some bootloader (fit.md §3.4)."""
+    parsed = parse_algo(algo)
+    warnings = []
+    if parsed.hash_name not in BAREBOX_HASHES:
+        warnings.append(f"barebox refuses {parsed.hash_name}: it accepts only sha1 and sha256")
+    if pad == "pss":
+        warnings.append("barebox verifies PKCS#1 v1.5 only; U-Boot needs CONFIG_FIT_RSASSA_PSS")
+    if parsed.crypto == "ecdsa384":
+        warnings.append("barebox verifies ECDSA on P-256 only")
+    if parsed.crypto.startswith("ecdsa"):
+        warnings.append("U-Boot verifies ECDSA only with an ECDSA driver (UCLASS_ECDSA)")
+    return warnings
+
+
 def raw_signature(key: SigningKey, algo: SignAlgo, pad: str, data: bytes) -> bytes:
     """Sign `data` as U-Boot expects the ``value``: RSA modulus-sized, ECDSA ``r‖s``."""
     if isinstance(key, rsa.RSAPrivateKey):
