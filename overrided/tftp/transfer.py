@@ -304,26 +304,28 @@ class ReadTransfer:
     # -- receiving ---------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        sock, peer = self.sock, self.peer
-        while not self.done:
-            try:
-                data, addr = sock.recvfrom(1024)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue  # an ICMP error queued on the socket; the timer covers real loss
-            if addr != peer:
-                # RFC 1350 section 4: a packet from a foreign TID gets ERROR 5 and does not
-                # disturb the transfer.
-                with contextlib.suppress(OSError):
-                    sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
-                continue
-            if len(data) == 4 and data[0] == 0 and data[1] == Opcode.ACK:
-                self._on_ack((data[2] << 8) | data[3])
-            elif len(data) >= 4 and data[0] == 0 and data[1] == Opcode.ERROR:
-                self._on_client_error(data)
-            # Anything else from the client (a short ACK, DATA, a request) is ignored: the
-            # timer and the client's own retransmissions recover.
+        # One datagram per call: in lockstep exactly one ACK is waiting, and a second
+        # ``recvfrom`` would only raise BlockingIOError. The loop's readiness is level-triggered,
+        # so anything still queued brings us straight back.
+        sock = self.sock
+        try:
+            data, addr = sock.recvfrom(1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # an ICMP error queued on the socket; the timer covers real loss
+        if addr != self.peer:
+            # RFC 1350 section 4: a packet from a foreign TID gets ERROR 5 and does not
+            # disturb the transfer.
+            with contextlib.suppress(OSError):
+                sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
+            return
+        if len(data) == 4 and data[1] == Opcode.ACK and data[0] == 0:
+            self._on_ack((data[2] << 8) | data[3])
+        elif len(data) >= 4 and data[1] == Opcode.ERROR and data[0] == 0:
+            self._on_client_error(data)
+        # Anything else from the client (a short ACK, DATA, a request) is ignored: the timer
+        # and the client's own retransmissions recover.
 
     def _on_ack(self, wire: int) -> None:
         # Map the 16-bit block number to the one block in (acked, acked + 65535] it can mean;
