@@ -123,7 +123,7 @@ def test_no_match_suggests_similar_strings(with_default: Fit) -> None:
     result = match(with_default, ["v,board-xx"], "u-boot")
     assert result.config is None
     # 'v,board-x' is the nearest string; conf-soc-first is the first configuration with it.
-    assert [c.config for c in result.candidates][0] == "conf-soc-first"
+    assert result.candidates[0].config == "conf-soc-first"
 
 
 def test_barebox_ranks_all_scoring_candidates(with_default: Fit) -> None:
