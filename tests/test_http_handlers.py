@@ -478,3 +478,29 @@ async def test_openapi_document_is_valid(server: Server) -> None:
         doc = await resp.json()
     validate(doc)  # raises on an invalid OpenAPI 3.1 document
     assert "/api/boards/{name}/journal" in doc["paths"]
+
+
+@pytest.mark.parametrize(
+    ("token", "size", "status"),
+    [
+        (TOKEN, 4096, 201),
+        (None, 4096, 401),  # refused before curl sends the body
+        (TOKEN, LIMIT + 1, 413),
+    ],
+)
+async def test_expect_100_continue(
+    server: Server, token: str | None, size: int, status: int
+) -> None:
+    src = server.tmp / "expect.fit"
+    src.write_bytes(fit_bytes(b"e", size))
+    code, body = await asyncio.to_thread(
+        server.status,
+        "-T",
+        src,
+        "-H",
+        "Expect: 100-continue",
+        f"{server.url}/builds/k1/image.fit",
+        token=token,
+    )
+    assert code == status, body
+    assert (server.service.builds_dir / "k1" / "image.fit").exists() is (status == 201)
