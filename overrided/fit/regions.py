@@ -167,17 +167,19 @@ class Tag:
     name: str  # node name for BEGIN_NODE, property name for PROP, else ""
 
 
-def tags(blob: bytes | bytearray | memoryview, head: Header) -> Iterator[Tag]:
+def tags(blob: bytes | bytearray, head: Header) -> Iterator[Tag]:
     """Walk the structure block token by token (Devicetree specification §5.4)."""
     base = head.off_dt_struct
     limit = base + head.size_dt_struct
     strings = head.off_dt_strings
+    strings_end = strings + head.size_dt_strings
     view = memoryview(blob)
     pos = base
     while pos + 4 <= limit:
         (kind,) = struct.unpack_from(">I", view, pos)
         if kind == FDT_BEGIN_NODE:
-            nul = bytes(view[pos + 4 : limit]).find(b"\0")
+            # find() on the buffer itself: slicing first would copy the rest of the block.
+            nul = blob.find(b"\0", pos + 4, limit) - (pos + 4)
             if nul < 0:
                 raise FitError(f"malformed FIT: unterminated node name at offset {pos:#x}")
             name = bytes(view[pos + 4 : pos + 4 + nul]).decode("utf-8", "replace")
@@ -188,7 +190,7 @@ def tags(blob: bytes | bytearray | memoryview, head: Header) -> Iterator[Tag]:
             length, nameoff = struct.unpack_from(">2I", view, pos + 4)
             end = pos + 12 + ((length + 3) & ~3)
             name_at = strings + nameoff
-            nul = bytes(view[name_at : name_at + 256]).find(b"\0")
+            nul = blob.find(b"\0", name_at, strings_end) - name_at
             if nameoff >= head.size_dt_strings or nul < 0:
                 raise FitError(f"malformed FIT: bad property name offset at {pos:#x}")
             name = bytes(view[name_at : name_at + nul]).decode("utf-8", "replace")
@@ -206,9 +208,7 @@ def tags(blob: bytes | bytearray | memoryview, head: Header) -> Iterator[Tag]:
     raise FitError("malformed FIT: structure block has no FDT_END token")
 
 
-def struct_regions(
-    blob: bytes | bytearray | memoryview, paths: Sequence[str]
-) -> list[tuple[int, int]]:
+def struct_regions(blob: bytes | bytearray, paths: Sequence[str]) -> list[tuple[int, int]]:
     """The (offset, size) byte ranges of the structure block that a signature over `paths` hashes.
 
     The ``want`` levels follow ``fdt_find_regions`` (fit.md §3.2.2): a listed node is wanted
@@ -254,9 +254,7 @@ def struct_regions(
     return regions
 
 
-def signed_bytes(
-    blob: bytes | bytearray | memoryview, paths: Sequence[str], strings_size: int
-) -> bytes:
+def signed_bytes(blob: bytes | bytearray, paths: Sequence[str], strings_size: int) -> bytes:
     """The exact byte stream a configuration signature covers (fit.md §3.2 steps 2-3)."""
     head = header(blob)
     if strings_size > head.size_dt_strings:

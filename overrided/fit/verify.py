@@ -253,9 +253,8 @@ def verify(
     configuration passes when it has at least one ``signature*`` node and every such node
     verifies (barebox ``verify=signature``), and every hash of every referenced image matches.
     """
-    head = header(blob)
+    header(blob)
     fdt = open_fdt(blob)
-    struct_part = blob[: head.totalsize]
     report = VerifyReport()
     for name in [config] if config is not None else config_names(fdt):
         conf = fdt.path_offset(f"/configurations/{name}", quiet=_NOTFOUND)
@@ -267,6 +266,6 @@ def verify(
                 Finding(name, f"/configurations/{name}", False, "no signature node")
             )
         for sig in sigs:
-            report.findings.append(_check_config_signature(struct_part, fdt, name, sig, public_key))
+            report.findings.append(_check_config_signature(blob, fdt, name, sig, public_key))
         report.findings.extend(_check_image_hashes(blob, fdt, name))
     return report
