@@ -88,12 +88,13 @@ def test_rockpro64_v2_by_short_name(debian_fit: Path) -> None:
     with Fit.open(debian_fit) as fit:
         barebox = match(fit, ["pine64,rockpro64-v2"], "barebox")
         assert barebox.config == "conf-1"
-        assert "falls back to /configurations/default" in barebox.reason
+        assert "falls back to /configurations/default (closest: " in barebox.reason
         uboot = match(fit, ["pine64,rockpro64-v2"], "u-boot")
         assert uboot.config is None
         near = {c.config for c in uboot.candidates}
         v2 = match(fit, ["pine64,rockpro64-v2.0"], "u-boot").config
         assert v2 in near
+        assert v2 in {c.config for c in barebox.candidates}
         assert "closest:" in uboot.reason
 
 

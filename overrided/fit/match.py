@@ -156,11 +156,13 @@ def _match_barebox(fit: Fit, compatible: Sequence[str]) -> Match:
     head = f"{compatible[0]!r} is in no configuration" if compatible else "board has no compatible"
     if fit.default is not None:
         if fit.default in fit.configurations:
+            near = _near_misses(fit, compatible, "barebox")
+            hint = f" (closest: {_describe(near)})" if near else ""
             return Match(
                 fit.default,
-                f"{fit.default}: {head}; barebox falls back to /configurations/default",
+                f"{fit.default}: {head}; barebox falls back to /configurations/default{hint}",
                 "barebox",
-                _near_misses(fit, compatible, "barebox"),
+                near,
             )
         return _no_match(
             fit, compatible, "barebox", f"{head} and default {fit.default!r} does not exist"
