@@ -21,12 +21,16 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import watchfiles
 
 from overrided.errors import OverridedError
 from overrided.state import BuildInfo, ConfigInfo
-from overrided.store import Store
+from overrided.store import Store, fingerprint
+
+if TYPE_CHECKING:
+    from overrided.fit import Fit
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +191,40 @@ def wait_quiet(files: Iterable[Path], quiet: float, *, limit: float = 30.0) -> N
         time.sleep(quiet - age)
 
 
-def configurations_of(fit_path: Path) -> tuple[tuple[ConfigInfo, ...], str | None, str | None]:
+class FitCache:
+    """Parsed FITs for one refresh: indexing and rendering then parse each FIT once.
+
+    Kept only for the length of one refresh (``close()``): a parsed FIT maps its file, and a
+    build tree's file may be rewritten in place by the next ``make``.
+    """
+
+    def __init__(self) -> None:
+        self._fits: dict[tuple[Path, str], Fit] = {}
+
+    def open(self, path: Path) -> Fit:
+        """The parsed FIT at ``path`` (parsed again if the file changed)."""
+        from overrided.fit import Fit
+
+        key = (path, fingerprint(path))
+        fit = self._fits.get(key)
+        if fit is None:
+            fit = self._fits[key] = Fit.open(path)
+        return fit
+
+    def close(self) -> None:
+        """Release every mapping."""
+        for fit in self._fits.values():
+            fit.close()
+        self._fits.clear()
+
+
+def configurations_of(
+    fit_path: Path, fits: FitCache | None = None
+) -> tuple[tuple[ConfigInfo, ...], str | None, str | None]:
     """The FIT's configurations as the API shows them, its kernel arch and its kernel release."""
     from overrided.fit import Fit
 
-    fit = Fit.open(fit_path)
+    fit = fits.open(fit_path) if fits is not None else Fit.open(fit_path)
     configs: list[ConfigInfo] = []
     arch: str | None = None
     for name, conf in fit.configurations.items():
@@ -203,11 +236,13 @@ def configurations_of(fit_path: Path) -> tuple[tuple[ConfigInfo, ...], str | Non
                 kernel=conf.kernel,
                 fdt=list(conf.fdt),
                 ramdisk=list(conf.ramdisk),
-                signed=bool(getattr(conf, "signatures", ())),
+                signed=bool(conf.signatures),
             )
         )
         if arch is None and conf.kernel and conf.kernel in fit.images:
-            arch = getattr(fit.images[conf.kernel], "arch", None) or None
+            arch = fit.images[conf.kernel].arch or None
+    if fits is None:
+        fit.close()
     return tuple(configs), arch, None
 
 
@@ -216,7 +251,7 @@ def built_fit(inputs: Inputs, store: Store, arch: str) -> Path:
     from overrided.fit import build_fit
 
     assert inputs.kernel is not None
-    parts = [store.digests.of(inputs.kernel), *(store.digests.of(d) for d in inputs.dtbs)]
+    parts = [fingerprint(inputs.kernel), *(fingerprint(d) for d in inputs.dtbs)]
     key = "fit-build-" + _key([*parts, arch])
     cached = store.cached(key)
     if cached:
@@ -236,7 +271,9 @@ def _key(parts: Iterable[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def index_build(path: Path, store: Store, *, quiet: float = 0.0) -> Build:
+def index_build(
+    path: Path, store: Store, *, quiet: float = 0.0, fits: FitCache | None = None
+) -> Build:
     """Index one build folder; problems become ``Build.error``, never exceptions."""
     name = path.name
     try:
@@ -244,14 +281,14 @@ def index_build(path: Path, store: Store, *, quiet: float = 0.0) -> Build:
         wait_quiet(inputs.files(), quiet)
         # Look again: files may have been renamed into place while we waited.
         inputs = find_inputs(path)
-        return _index(name, path, inputs, store)
+        return _index(name, path, inputs, store, fits)
     except OverridedError as err:
         return Build(name=name, path=path, error=str(err))
     except OSError as err:
         return Build(name=name, path=path, error=f"{name}: {err.strerror}: {err.filename}")
 
 
-def _index(name: str, path: Path, inputs: Inputs, store: Store) -> Build:
+def _index(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache | None) -> Build:
     from overrided.kernel import release_of_image
 
     if inputs.fit is None and inputs.kernel is None:
@@ -267,7 +304,7 @@ def _index(name: str, path: Path, inputs: Inputs, store: Store) -> Build:
     else:
         assert inputs.fit is not None
         fit = inputs.fit
-    configs, fit_arch, _ = configurations_of(fit)
+    configs, fit_arch, _ = configurations_of(fit, fits)
     arch = arch or fit_arch
     if release is None:
         for m in inputs.modules:

@@ -15,18 +15,23 @@ import importlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from overrided.builds import Build
+from overrided.builds import Build, FitCache
 from overrided.clients import Artifacts, Renderer
 from overrided.config import Board, hostname_of
 from overrided.errors import OverridedError
 from overrided.state import BoardInfo
-from overrided.store import Store
+from overrided.store import Store, fingerprint
+
+if TYPE_CHECKING:
+    from overrided.fit import Fit
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,7 @@ class RenderContext:
     keys_dir: Path
     http_base: str | None = None
     extra_key: dict[str, str] = field(default_factory=dict)
+    fits: FitCache | None = None  # parsed FITs shared with the index, for one refresh
 
 
 def versioned_name(user: str, role: str, hostname: str, digest: str) -> str:
@@ -98,26 +104,30 @@ def _overlay_path(name: str, ctx: RenderContext, build: Build) -> Path:
 
 
 def render_key(board: Board, build: Build, ctx: RenderContext) -> str:
-    """The hash of every input of a render: board, FIT, modules, init, overlays, signing key."""
-    digests = ctx.store.digests
+    """The hash of every input of a render: board, FIT, modules, init, overlays, signing key.
+
+    Files enter by their fingerprint (``store.fingerprint``: inode, size, mtime), not by a hash
+    of their bytes: hashing a 300 MB modules CPIO on every re-index would cost more than the
+    half second a rebuild may take to reach the board.
+    """
     assert build.fit is not None
     parts: dict[str, Any] = {
         "version": RENDER_VERSION,
         "board": board.model_dump(mode="json"),
         "build": build.name,
         "release": build.release,
-        "fit": digests.of(build.fit),
-        "modules": [digests.of(m) for m in build.modules],
+        "fit": fingerprint(build.fit),
+        "modules": [fingerprint(m) for m in build.modules],
         "http_base": ctx.http_base,
         **ctx.extra_key,
     }
     if board.init:
-        parts["init"] = digests.of(ctx.boards_dir / board.init)
-    parts["overlays"] = [digests.of(_overlay_path(o, ctx, build)) for o in board.overlays]
+        parts["init"] = fingerprint(ctx.boards_dir / board.init)
+    parts["overlays"] = [fingerprint(_overlay_path(o, ctx, build)) for o in board.overlays]
     if board.sign:
         from overrided.keys import private_key_path
 
-        parts["key"] = digests.of(private_key_path(ctx.keys_dir, board.sign))
+        parts["key"] = fingerprint(private_key_path(ctx.keys_dir, board.sign))
     text = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -147,8 +157,75 @@ def _sign_algo(key: object) -> str:
 
 def _render_fresh(board: Board, build: Build, ctx: RenderContext, key: str) -> dict[str, Any]:
     """Do the work: match, trim/sign, initrd, descriptions. Returns the cache record."""
-    from overrided.cpio import concat, initrd_warnings
-    from overrided.fit import Fit, match, trim
+    from overrided.fit import Fit
+
+    fits = ctx.fits
+
+    def fit_opener(path: Path) -> AbstractContextManager[Fit]:
+        # A FIT parsed during this refresh's index is reused, and stays open for the refresh.
+        return nullcontext(fits.open(path)) if fits is not None else Fit.open(path)
+
+    # The initrd does not depend on the FIT: copy and hash it on another thread meanwhile
+    # (both release the GIL), and read the archives for warnings on a third.
+    parts = list(build.modules)
+    if board.init:
+        parts.append(ctx.boards_dir / board.init)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"render-{board.name}")
+    initrd_job: Future[str] | None = None
+    warnings_job: Future[list[str]] | None = None
+    if board.initrd and parts:
+        initrd_job = pool.submit(_initrd_blob, ctx.store, parts)
+        warnings_job = pool.submit(_initrd_warnings, ctx.store, parts, build.release)
+    try:
+        return _render_with(board, build, ctx, key, initrd_job, warnings_job, fit_opener=fit_opener)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parts_key(kind: str, parts: Sequence[Path], *extra: str | None) -> str:
+    ids = [kind, RENDER_VERSION, *(fingerprint(p) for p in parts), *(e or "" for e in extra)]
+    return hashlib.sha256("\0".join(ids).encode()).hexdigest()
+
+
+def _initrd_blob(store: Store, parts: Sequence[Path]) -> str:
+    """The initrd of ``parts`` as a blob (cached: a new kernel with the same modules reuses it)."""
+    from overrided.cpio import concat
+
+    key = _parts_key("initrd", parts)
+    cached = store.cached(key)
+    if cached is not None:
+        return str(cached["blobs"]["initrd"])
+    out = store.temp_path(".cpio")
+    concat(parts, out)
+    digest = store.adopt(out).digest
+    store.remember(key, {"blobs": {"initrd": digest}})
+    return digest
+
+
+def _initrd_warnings(store: Store, parts: Sequence[Path], release: str | None) -> list[str]:
+    """``cpio.initrd_warnings`` for the parts, cached like the initrd itself."""
+    from overrided.cpio import initrd_warnings
+
+    key = _parts_key("initrd-warnings", parts, release)
+    cached = store.cached(key)
+    if cached is not None:
+        return list(cached["warnings"])
+    warnings = initrd_warnings(parts, release)
+    store.remember(key, {"warnings": warnings})
+    return warnings
+
+
+def _render_with(
+    board: Board,
+    build: Build,
+    ctx: RenderContext,
+    key: str,
+    initrd_job: Future[str] | None,
+    warnings_job: Future[list[str]] | None,
+    *,
+    fit_opener: Callable[[Path], AbstractContextManager[Fit]],
+) -> dict[str, Any]:
+    from overrided.fit import match, trim
 
     store = ctx.store
     assert build.fit is not None
@@ -169,7 +246,7 @@ def _render_fresh(board: Board, build: Build, ctx: RenderContext, key: str) -> d
             names[stable] = digest
         return name
 
-    with Fit.open(build.fit) as fit:
+    with fit_opener(build.fit) as fit:
         m = match(fit, board.compatible, board.rule)
         if m.config is None:
             raise RenderError(f"build {build.name}: {m.reason}")
@@ -227,16 +304,10 @@ def _render_fresh(board: Board, build: Build, ctx: RenderContext, key: str) -> d
         overlays.append(publish(f"overlay{i}" if i else "overlay", digest))
 
     initrd_name: str | None = None
-    parts = list(build.modules)
-    if board.init:
-        parts.append(ctx.boards_dir / board.init)
-    if board.initrd and parts:
-        out = store.temp_path(".cpio")
-        concat(parts, out)
-        initrd_digest = store.adopt(out).digest
+    if initrd_job is not None and warnings_job is not None:
         stable = f"{u}-initramfs-{h}" if board.init else None
-        initrd_name = publish("initrd", initrd_digest, stable=stable)
-        warnings += initrd_warnings(parts, build.release)
+        initrd_name = publish("initrd", initrd_job.result(), stable=stable)
+        warnings += warnings_job.result()
     if board.signed_images_forced:
         warnings.append(FORCED_SIGNING_WARNING)
 

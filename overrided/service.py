@@ -146,9 +146,14 @@ class OverridedService:
             )
         folders = {p.name: p for p in builds_mod.build_folders(self.builds_dir)}
         names = set(folders) | set(self._builds) if changed is None else changed
-        for name in sorted(names):
-            self._index_one(name, folders.get(name))
-        self._render_all()
+        self.ctx.fits = builds_mod.FitCache()
+        try:
+            for name in sorted(names):
+                self._index_one(name, folders.get(name))
+            self._render_all()
+        finally:
+            self.ctx.fits.close()
+            self.ctx.fits = None
 
     def _index_one(self, name: str, folder: Path | None) -> Build | None:
         t0 = time.monotonic()
@@ -157,7 +162,7 @@ class OverridedService:
                 log.info("build %s: removed", name)
                 self.events.publish(Event(kind="build-removed", build=name))
             return None
-        build = index_build(folder, self.store, quiet=self.settings.quiet)
+        build = index_build(folder, self.store, quiet=self.settings.quiet, fits=self.ctx.fits)
         duration = time.monotonic() - t0
         self._builds[name] = build
         if build.error:

@@ -37,6 +37,17 @@ def digest_of_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def fingerprint(path: Path) -> str:
+    """A file's identity without reading it: device, inode, size, mtime (ns).
+
+    Any rewrite or replacement of a build output changes it, so render-cache keys built from
+    fingerprints never reuse a render of other bytes; identical bytes written anew only cost a
+    re-render whose blobs come out identical (content-addressed), so served names do not move.
+    """
+    st = path.stat()
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
 class FileDigests:
     """sha256 of input files, remembered by (path, size, mtime, inode): a re-hash costs a stat."""
 
