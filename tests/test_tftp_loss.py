@@ -1,0 +1,106 @@
+"""Transfers over a lossy link: server and real clients in a network namespace of their own.
+
+The namespace's loopback drops, duplicates and reorders packets (``tc netem``). On kernels
+built without netem the same loss and duplication come from an nftables ingress rule (no
+reordering then; the test says which it used). Every file must arrive byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.netns import Netns, NetnsError
+
+pytestmark = pytest.mark.netns
+
+NETEM = "loss 2% duplicate 1% reorder 5% 50% delay 1ms"
+# The same loss and duplication as NETEM, for kernels without sch_netem.
+NFT_IMPAIR = """
+table netdev impair {
+  chain in {
+    type filter hook ingress device "lo" priority 0; policy accept;
+    meta l4proto udp numgen random mod 1000 < 20 drop
+    meta l4proto udp numgen random mod 1000 < 10 dup to "lo"
+  }
+}
+"""
+SIZE = 256 * 1024
+REPO = Path(__file__).resolve().parent.parent
+
+
+def impair(ns: Netns) -> str:
+    """Make the namespace's loopback lossy; return how (for failure messages)."""
+    try:
+        ns.netem(NETEM)
+        return f"netem {NETEM}"
+    except NetnsError as err:
+        if shutil.which("nft") is None:
+            pytest.skip(f"no netem on this kernel ({err}) and no nft to drop packets")
+        ns.run(["nft", "-f", "-"], input=NFT_IMPAIR)
+        return "nftables: loss 2% duplicate 1% (kernel has no netem)"
+
+
+@pytest.fixture(scope="module")
+def lossy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Netns, Path, str]]:
+    root = tmp_path_factory.mktemp("lossy")
+    (root / "file").write_bytes(os.urandom(SIZE))
+    ns = Netns(prefix="ovd-loss")
+    try:
+        ns.create()
+    except (NetnsError, OSError) as err:
+        pytest.skip(f"network namespaces are not allowed here: {err}")
+    server = None
+    try:
+        how = impair(ns)
+        server = ns.popen(
+            [sys.executable, "-m", "overrided", "tftp", "serve", str(root), "--port", "69"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        assert "listening" in line, line
+        yield ns, root, how
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        ns.close()
+
+
+CLIENTS = {
+    "curl-window1": lambda out: [
+        "curl", "-sS", "--tftp-blksize", "1432", "-o", out, "tftp://127.0.0.1/file",
+    ],
+    "atftp-window1": lambda out: [
+        "atftp", "--option", "blksize 1432", "-g", "-r", "file", "-l", out, "127.0.0.1",
+    ],
+    "atftp-window16": lambda out: [
+        "atftp", "--option", "blksize 1432", "--option", "windowsize 16",
+        "-g", "-r", "file", "-l", out, "127.0.0.1",
+    ],
+    "tftp-hpa-window1": lambda out: ["tftp", "127.0.0.1", "-m", "octet", "-c", "get", "file", out],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_lossy_link_completes_byte_exact(
+    lossy: tuple[Netns, Path, str], tmp_path: Path, client: str
+) -> None:
+    ns, root, how = lossy
+    out = tmp_path / "got"
+    started = time.monotonic()
+    proc = ns.run(CLIENTS[client](str(out)), check=False, timeout=240)
+    assert proc.returncode == 0, f"{client} over {how}: {proc.stderr}"
+    assert out.read_bytes() == (root / "file").read_bytes(), f"{client} over {how}"
+    print(f"{client}: {SIZE} bytes over {how} in {time.monotonic() - started:.1f}s")
