@@ -40,7 +40,18 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
 
 _AUTH: list[dict[str, list[str]]] = [{"token": []}]
 _UNAUTHORIZED = _error("No or wrong bearer token")
-_BUILD = _path_param("build", "Build folder name (letters, digits, . _ + -)")
+_BUILD = {
+    **_path_param("build", "Build folder name (letters, digits, . _ + -)"),
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"},
+}
+_ARTIFACT = {
+    **_path_param("path", "image.fit, modules-*.cpio*, Image*, zImage or [vendor/]*.dtb"),
+    "schema": {
+        "type": "string",
+        "pattern": r"^(image\.fit|modules-[0-9a-z.+-]+\.cpio(\.(gz|xz|zst))?|Image(\.gz)?"
+        r"|zImage|([a-z0-9-]+/)?[a-z0-9-]+\.dtb)$",
+    },
+}
 
 
 def _upload_responses() -> dict[str, Any]:
@@ -55,6 +66,8 @@ def _upload_responses() -> dict[str, Any]:
         "400": _error("Bad name or incomplete body"),
         "401": _UNAUTHORIZED,
         "413": _error("Over the upload size limit"),
+        "415": _error("PUT/POST of a whole build that is neither a tarball nor multipart"),
+        "417": _error("An Expect other than 100-continue"),
         "422": _error("The build was refused by indexing; the previous files are kept"),
     }
 
@@ -241,7 +254,7 @@ def document() -> dict[str, Any]:
             "/builds/{build}/{path}": {
                 "parameters": [
                     _BUILD,
-                    _path_param("path", "image.fit, modules-*.cpio*, Image*, zImage or *.dtb"),
+                    _ARTIFACT,
                 ],
                 "put": {
                     "summary": "Upload one artifact (curl -T)",
