@@ -32,7 +32,7 @@ BASE = Artifacts(
     hostname="dummy-virt",
     user="none",
     arch="arm64",
-    provenance="build b1, conf-1 (linux,dummy-virt)",
+    provenance="build b1, conf-1: board string 0 'linux,dummy-virt' matches",
     fit="qemu-virt/fit-0123456789ab",
     configuration="conf-1",
     oftree="qemu-virt/oftree-0123456789ab",
@@ -110,6 +110,8 @@ def test_pxe_entry_lines(changes: dict[str, object], expected: dict[str, str | N
     entry = pxe_entry(replace(BASE, **changes))  # type: ignore[arg-type]
     assert entry.splitlines()[0].startswith("# overrided: qemu-virt: build b1")
     assert "default overrided" in entry.splitlines()
+    # a menu would make U-Boot wait at "Enter choice:" instead of booting
+    assert not any(line.split()[:1] == ["menu"] for line in entry.splitlines())
     label = _label(entry)
     for key, value in expected.items():
         assert label.get(key) == value, entry

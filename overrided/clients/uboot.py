@@ -14,6 +14,8 @@ rebuild still gets the matching FIT and initrd. Facts from U-Boot (``cmd/pxe.c``
   ``fdt`` file when ``$fdt_addr_r`` is set, else ``$fdt_addr``, else ``$fdtcontroladdr``; only
   when none applies does ``bootm`` take the FIT configuration's own ``fdt``.
 * ``append`` replaces ``bootargs``; ``${var}`` in it is expanded by U-Boot.
+* ``default <label>`` boots that label without asking, but an entry with ``menu title`` or
+  ``menu label`` lines makes U-Boot 2023.01 show the menu and wait at ``Enter choice:``.
 * A legacy script image is a 64-byte big-endian header (magic ``0x27051956``, header CRC32,
   time, size, load, entry, data CRC32, os, arch, type, compression, 32-byte name) followed by
   a table of 32-bit big-endian lengths ended by 0 and then the script; ``source`` runs the
@@ -118,15 +120,13 @@ def pxe_entry(artifacts: Artifacts) -> str:
     """The pxelinux entry text (syslinux grammar as U-Boot's ``pxe_utils`` parses it)."""
     b = artifacts.board
     kernel, conf = _fit_or_kernel(artifacts)
+    # No "menu title"/"menu label": with them U-Boot 2023.01 shows the menu and waits at
+    # "Enter choice:" (seen in QEMU); a bare "default" boots that label at once.
     lines = [
         f"# overrided: {b}: {_one_line(artifacts.provenance)}",
-        f"menu title overrided {b}",
         "default overrided",
-        "prompt 0",
-        "timeout 0",
         "",
         "label overrided",
-        f"    menu label {b}",
         f"    kernel {kernel}" + (f"#{conf}" if conf else ""),
     ]
     if artifacts.oftree and artifacts.oftree_mode != "keep":
@@ -170,7 +170,9 @@ def boot_script(artifacts: Artifacts) -> str:
     b = artifacts.board
     kernel, conf = _fit_or_kernel(artifacts)
     fit = kernel == artifacts.fit
-    about = f"overrided: {b}: {_one_line(artifacts.provenance)}"
+    # Provenance is free text (it quotes compatibles): shown, never parsed, so a single
+    # quote, which cannot sit inside hush single quotes, becomes a double one.
+    about = f"overrided: {b}: {_one_line(artifacts.provenance)}".replace("'", '"')
     lines = [f"# {about}", f"echo {_quote(b, 'provenance', about)}"]
     needed = [FIT_ADDR_VAR if fit else KERNEL_ADDR_VAR]
     if artifacts.initrd:

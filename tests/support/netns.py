@@ -68,10 +68,11 @@ class Netns:
 
     def run(
         self, argv: Sequence[str], *, check: bool = True, timeout: float = 60, **kw: Any
-    ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the namespace and wait (text output captured)."""
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run a command inside the namespace and wait (output captured, text unless told)."""
         kw.setdefault("capture_output", True)
-        return subprocess.run(self.wrap(argv), check=check, timeout=timeout, text=True, **kw)
+        kw.setdefault("text", True)
+        return subprocess.run(self.wrap(argv), check=check, timeout=timeout, **kw)
 
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start a command inside the namespace (``ip netns exec`` execs it: same pid)."""
