@@ -456,6 +456,83 @@ def test_missing_image_reference_is_named(tmp_path: Path, key: SigningKey) -> No
         sign_configuration(blob, "conf-a", key, key_name="dev")
 
 
+SIG_A = "/configurations/conf-a/signature-1"
+
+
+def _bad_token(blob: bytes) -> bytes:
+    # Overwrite the first property tag after the root node's BEGIN_NODE with an unknown token.
+    head = header(blob)
+    first = next(t for t in tags(blob, head) if t.kind == FDT_PROP)
+    return blob[: first.start] + b"\0\0\0\x07" + blob[first.start + 4 :]
+
+
+MALFORMED: list[tuple[str, Callable[[bytes], bytes], str]] = [
+    ("truncated file", lambda b: b[: len(b) // 2], "truncated FIT: header totalsize"),
+    ("unknown structure token", _bad_token, "unknown structure token 0x7 at offset"),
+]
+
+
+@pytest.mark.parametrize(("case", "damage", "message"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_fit_is_an_error_naming_where(
+    signed: bytes, key: SigningKey, case: str, damage: Callable[[bytes], bytes], message: str
+) -> None:
+    with pytest.raises(FitError, match=message):
+        verify(damage(signed), key.public_key(), config="conf-a")
+    with pytest.raises(FitError, match=message):
+        sign_configuration(damage(signed), "conf-a", key, key_name="dev")
+
+
+BAD_SIGNATURES: list[tuple[str, Callable[[bytes], bytes], str]] = [
+    (
+        "hashed-strings beyond the strings block",
+        lambda b: set_prop(b, SIG_A, "hashed-strings", struct.pack(">II", 0, 0x7FFFFFFF)),
+        "exceeds the strings block",
+    ),
+    (
+        "hashed-strings legacy cell not 0",
+        lambda b: set_prop(
+            b, SIG_A, "hashed-strings", b"\0\0\0\x01" + prop(b, SIG_A, "hashed-strings")[4:]
+        ),
+        "first cell is 0x1, must be 0",
+    ),
+    (
+        "unknown algo",
+        lambda b: set_prop(b, SIG_A, "algo", b"sha256,dsa2048\0"),
+        "unsupported signature algo 'sha256,dsa2048'",
+    ),
+    (
+        "hashed-nodes cut short by the signer",
+        lambda b: set_prop(
+            b,
+            SIG_A,
+            "hashed-nodes",
+            prop(b, SIG_A, "hashed-nodes").replace(b"/images/", b"/IMAGES/"),
+        ),
+        "",  # hashed-nodes is not trusted: the rebuilt list still verifies
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "damage", "message"), BAD_SIGNATURES, ids=[m[0] for m in BAD_SIGNATURES]
+)
+def test_bad_signature_nodes_are_reported_not_raised(
+    signed: bytes, key: SigningKey, case: str, damage: Callable[[bytes], bytes], message: str
+) -> None:
+    report = verify(damage(signed), key.public_key(), config="conf-a")
+    if not message:
+        assert report.ok, report.lines()
+        return
+    [failure] = report.failures()
+    assert failure.node == SIG_A
+    assert message in failure.message
+
+
+def test_key_of_the_wrong_type_is_named(signed: bytes) -> None:
+    report = verify(signed, {"ec": generate_key("ecdsa256").public_key()}, config="conf-a")
+    assert "tried ec (ecdsa256)" in report.failures()[0].message
+
+
 def test_not_a_fit_is_rejected(key: SigningKey) -> None:
     with pytest.raises(FitError, match="not a FIT: magic 0x7f454c46"):
         sign_all(b"\x7fELF" + bytes(100), key, key_name="dev")

@@ -83,9 +83,28 @@ def _strings(value: bytes) -> list[str]:
     return [s.decode("utf-8", "replace") for s in bytes(value).rstrip(b"\0").split(b"\0")]
 
 
-def open_fdt(blob: bytes | bytearray) -> libfdt.FdtRo:
-    """A read-only libfdt view of `blob` with a clear error for non-FITs."""
+def check_structure(blob: bytes | bytearray) -> Header:
+    """Walk the whole structure block once so libfdt never meets a malformed one later.
+
+    Raises a FitError naming the offset of the first bad token or unbalanced node.
+    """
     head = header(blob)
+    depth = 0
+    for tag in tags(blob, head):
+        if tag.kind == FDT_BEGIN_NODE:
+            depth += 1
+        elif tag.kind == FDT_END_NODE:
+            depth -= 1
+            if depth < 0:
+                raise FitError(f"malformed FIT: unbalanced end of node at offset {tag.start:#x}")
+        elif tag.kind == FDT_END and depth != 0:
+            raise FitError(f"malformed FIT: {depth} node(s) left open at offset {tag.start:#x}")
+    return head
+
+
+def open_fdt(blob: bytes | bytearray) -> libfdt.FdtRo:
+    """A read-only libfdt view of `blob` with a clear error for non-FITs and malformed ones."""
+    head = check_structure(blob)
     try:
         return libfdt.FdtRo(bytes(blob[: head.totalsize]))
     except libfdt.FdtException as err:

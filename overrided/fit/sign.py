@@ -22,9 +22,11 @@ from overrided import __version__
 from overrided.fit.hashes import add_missing_hashes
 from overrided.fit.model import FitError
 from overrided.fit.regions import (
+    check_structure,
     config_names,
     config_offset,
     header,
+    open_fdt,
     reference_properties,
     signed_bytes,
     signed_node_paths,
@@ -155,6 +157,7 @@ def sign_configuration(
     """
     parsed = parse_algo(algo)
     check_key_fits(parsed, key, padding)
+    check_structure(blob)
     blob = add_missing_hashes(blob, "sha256")
     head = header(blob)
     tail = blob[_aligned(head.totalsize) :]  # external data (mkimage -E) stays after the FDT
@@ -230,7 +233,7 @@ def sign_all(
     timestamp: int | None = None,
 ) -> bytes:
     """Sign every configuration of `blob` (in node order, as mkimage does)."""
-    fdt = libfdt.FdtRo(blob[: header(blob).totalsize])
+    fdt = open_fdt(blob)
     stamp = _default_timestamp() if timestamp is None else timestamp
     for config in config_names(fdt):
         blob = sign_configuration(
