@@ -68,6 +68,12 @@ class Board(BaseModel):
     formats: list[Format] = Field(default_factory=lambda: list[Format](["barebox"]))
     mac: str | None = None
 
+    @field_validator("image", "initrd", mode="before")
+    @classmethod
+    def _none(cls, value: object) -> object:
+        # TOML has no null: "none" means "do not override this part".
+        return None if value == "none" else value
+
     @field_validator("compatible")
     @classmethod
     def _compatible(cls, value: list[str]) -> list[str]:

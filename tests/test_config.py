@@ -31,6 +31,12 @@ def test_minimal_board_takes_barebox_defaults(tmp_path: Path) -> None:
     assert board.formats == ["barebox"]
 
 
+def test_none_means_leave_that_part_alone(tmp_path: Path) -> None:
+    text = 'compatible = ["v,b"]\nimage = "none"\ninitrd = "none"\noftree = "keep"'
+    board = load_board(write(tmp_path / "boards", "b.toml", text))
+    assert (board.image, board.initrd, board.oftree) == (None, None, "keep")
+
+
 def test_full_board(tmp_path: Path) -> None:
     text = """
 hostname = "lab-7"

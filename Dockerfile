@@ -1,0 +1,30 @@
+# overrided: per-board FITs, initrds and barebox devboot scripts over TFTP and HTTP.
+#
+#   docker build -t overrided .
+#   docker run --rm -p 69:69/udp -p 8080:8080 \
+#     -v "$PWD/boards:/srv/boards:ro" -v "$PWD/kernel-builds:/srv/kernel-builds" \
+#     -v overrided-state:/var/lib/overrided overrided
+#
+# TFTP needs the board to reach the container's port 69/udp directly: with NAT, TFTP's reply
+# comes from a new port (RFC 1350 TIDs), which `-p` mappings handle only with the host network
+# (`--network host`) on many setups.
+FROM python:3.11-slim-bookworm
+
+# Decompressors for modules CPIOs compressed with these formats.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends zstd xz-utils lz4 lzop bzip2 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/overrided
+COPY pyproject.toml README.md ./
+COPY overrided ./overrided
+RUN pip install --no-cache-dir .
+
+VOLUME ["/srv/boards", "/srv/kernel-builds", "/var/lib/overrided"]
+EXPOSE 69/udp 8080/tcp
+
+# Signing keys, if any, are mounted at /srv/keys (outside every served folder).
+CMD ["overrided", "serve", \
+     "--boards", "/srv/boards", "--builds", "/srv/kernel-builds", \
+     "--store", "/var/lib/overrided", "--keys", "/srv/keys", \
+     "--tftp-port", "69", "--http-port", "8080"]
