@@ -174,3 +174,19 @@ def test_trim_missing_image_reference(tmp_path: Path) -> None:
 )
 def test_parse_compatible(values: list[str], board: list[str]) -> None:
     assert parse_compatible(values) == board
+
+
+def test_config_and_compatible_exclude_each_other(sample: SampleFit, tmp_path: Path) -> None:
+    r = overrided(
+        "fit",
+        "trim",
+        sample.fit,
+        "--config",
+        "conf-a",
+        "--compatible",
+        "v,board-a",
+        "-o",
+        tmp_path / "o",
+    )
+    assert r.returncode == 2
+    assert "not allowed with argument" in r.stderr

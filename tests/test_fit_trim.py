@@ -267,3 +267,11 @@ def test_region_check_notices_a_changed_signed_property(signed: tuple[SampleFit,
     assert hashed_bytes(tampered, "conf-a") != hashed_bytes(trimmed, "conf-a")
     with pytest.raises(InvalidSignature):
         verify(tampered, "conf-a", cert)
+
+
+def test_trim_onto_itself_is_refused(tmp_path: Path) -> None:
+    sample = sample_fit(tmp_path)
+    before = sample.fit.read_bytes()
+    with Fit.open(sample.fit) as fit, pytest.raises(FitError, match="onto itself"):
+        trim(fit, "conf-a", sample.fit)
+    assert sample.fit.read_bytes() == before

@@ -34,8 +34,8 @@ def register(subparsers: Any) -> None:
 
     t = sub.add_parser("trim", help="write a FIT with one configuration and its images")
     t.add_argument("file", type=Path, help="FIT file")
-    t.add_argument("--config", help="configuration name (instead of matching)")
-    _board_args(t, required=False)
+    choice = _board_args(t, required=False)
+    choice.add_argument("--config", help="configuration name (instead of matching)")
     t.add_argument("-o", "--output", type=Path, required=True, help="output FIT")
     t.add_argument(
         "--add-hashes", action="store_true", help="add sha256 hash-1 to images without a hash"
@@ -62,7 +62,8 @@ def register(subparsers: Any) -> None:
         importlib.import_module(name).register_fit(sub)
 
 
-def _board_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
+def _board_args(parser: argparse.ArgumentParser, *, required: bool) -> Any:
+    """Add --compatible/--dtb (one of them) and --rule; return the exclusive group."""
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument(
         "--compatible",
@@ -72,6 +73,7 @@ def _board_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
     )
     group.add_argument("--dtb", type=Path, help="take the board's compatible from this DTB")
     parser.add_argument("--rule", choices=RULES, default="barebox", help="matching rule")
+    return group
 
 
 def parse_compatible(values: Sequence[str]) -> list[str]:

@@ -223,6 +223,9 @@ def trim(fit: Fit, config: str, out: Path | BinaryIO, *, add_hashes: bool = Fals
     """
     segments = plan(fit, config, add_hashes=add_hashes)
     if isinstance(out, Path):
+        if out.exists() and fit.path.exists() and os.path.samefile(out, fit.path):
+            # Truncating the file we read from would pull the data out from under the mapping.
+            raise FitError(f"{out}: cannot trim a FIT onto itself")
         try:
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as err:
