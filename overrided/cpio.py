@@ -59,10 +59,12 @@ COMPRESSION_MAGICS: tuple[tuple[bytes, str], ...] = (
 
 COMPRESSIONS: tuple[str, ...] = ("gzip", "bzip2", "lzma", "xz", "lzo", "lz4", "zstd")
 
-# Commands writing what the kernel reads; levels as kbuild's scripts/Makefile.lib uses them.
-# Names, modes and times are left out of the lzop header so the output is reproducible.
+# Commands writing what the kernel reads (the tools kbuild's scripts/Makefile.lib uses). Levels
+# are chosen for a service that packs ~300 MB of modules per build: on that input zstd -19 takes
+# minutes for 13% less than -9 (seconds); gzip likewise gets level 6, not kbuild's 9. Names, modes
+# and times are left out of the lzop header so the output is reproducible.
 _COMPRESS_TOOLS: dict[str, list[str]] = {
-    "zstd": ["zstd", "-q", "-c", "-19", "-T0"],
+    "zstd": ["zstd", "-q", "-c", "-9", "-T0"],
     "lz4": ["lz4", "-q", "-l", "-9", "-c"],
     "lzo": ["lzop", "-q", "-9", "-c", "--no-name", "--no-mode", "--no-time"],
 }
@@ -621,14 +623,13 @@ def _walk(path: Path) -> Iterator[Entry | Part]:
             try:
                 kind = compression_of(head)
             except CpioError as err:
-                if head[:6] in (MAGIC_NEWC, MAGIC_CRC):
-                    raise CpioError(
-                        f"{where}: raw archive starts at an offset that is not a multiple of 4; "
-                        "the kernel takes it for compressed data and fails"
-                    ) from None
                 what = "not a CPIO archive" if not found else "junk after the last archive"
                 raise CpioError(f"{where}: {what}: {err}") from None
-            assert kind is not None
+            if kind is None:
+                raise CpioError(
+                    f"{where}: raw archive starts at an offset not a multiple of 4; "
+                    "the kernel takes it for compressed data and fails"
+                )
             consumed = _Consumed()
             chunks: Iterator[bytes]
             if kind in ("gzip", "xz", "lzma", "bzip2"):
@@ -868,7 +869,7 @@ class _Compressing:
             return
         if kind == "gzip":
             # No name and mtime 0 in the gzip header keep the output reproducible.
-            self._obj = zlib.compressobj(9, zlib.DEFLATED, 31)
+            self._obj = zlib.compressobj(6, zlib.DEFLATED, 31)
         elif kind == "xz":
             # The kernel's xz decoder knows CRC32 but not every check; kbuild uses --check=crc32.
             self._obj = lzma.LZMACompressor(lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
