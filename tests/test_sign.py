@@ -533,6 +533,25 @@ def test_key_of_the_wrong_type_is_named(signed: bytes) -> None:
     assert "tried ec (ecdsa256)" in report.failures()[0].message
 
 
+def test_unit_address_names_are_refused(tmp_path: Path, key: SigningKey) -> None:
+    # Debian's U-Boot 2023.01 answers "Bad FIT image format!" to such a FIT (FIT_FULL_CHECK).
+    dtb = compile_dts(
+        """/dts-v1/;
+/ { description = "old style"; #address-cells = <1>;
+    images { kernel@1 { data = [00 01]; type = "kernel"; arch = "arm64"; os = "linux";
+                        compression = "none"; hash@1 { algo = "sha256"; value = [00]; }; }; };
+    configurations { default = "conf@1"; conf@1 { kernel = "kernel@1"; }; }; };
+""",
+        tmp_path / "at.dtb",
+    )
+    blob = dtb.read_bytes()
+    with pytest.raises(FitError, match=r"node /images/kernel@1: '@' in FIT node names"):
+        sign_all(blob, key, key_name="dev")
+    report = verify(blob, key.public_key())
+    assert report.failures()[0].node == "/images/kernel@1"
+    assert "U-Boot refuses the FIT" in report.failures()[0].message
+
+
 def test_not_a_fit_is_rejected(key: SigningKey) -> None:
     with pytest.raises(FitError, match="not a FIT: magic 0x7f454c46"):
         sign_all(b"\x7fELF" + bytes(100), key, key_name="dev")

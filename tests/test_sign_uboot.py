@@ -12,7 +12,9 @@ image hash. Facts this proves about 2023.01 (docs/fit.md §3.3, §3.6):
   Plain upstream 2023.01 would accept it, and with it a swapped ramdisk (docs/fit.md §3.3);
 * the configuration signature never covers ``data``: a flipped kernel byte passes
   ``checksign`` and fails ``iminfo``;
-* this build has neither ECDSA (no ``UCLASS_ECDSA`` driver) nor RSASSA-PSS.
+* this build has neither ECDSA (no ``UCLASS_ECDSA`` driver) nor RSASSA-PSS;
+* a FIT with ``@`` in a node name passes ``checksign`` but ``iminfo`` (and so ``bootm``)
+  refuses it as "Bad FIT image format": our signer refuses to sign such a FIT.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from overrided.keys import (
     generate_key,
     load_private_key_file,
 )
-from tests.support.fits import sample_configs, sample_fit
+from tests.support.fits import (
+    ItsConfig,
+    ItsImage,
+    its_source,
+    mkimage_fit,
+    sample_configs,
+    sample_fit,
+)
 from tests.support.uboot import UBOOT_BIN, UBoot
 from tests.test_sign import (
     flip_byte,
@@ -102,6 +111,22 @@ def build_cases(tmp: Path) -> tuple[dict[str, Case], dict[str, bytes]]:
     mk = sample_fit(
         tmp / "mk", configs=without_sign_images(sample_configs(), "dev"), extra=["-k", keys]
     )
+    # An old-style FIT with a unit address in a node name, signed by mkimage.
+    at_dir = tmp / "at"
+    at_dir.mkdir()
+    (at_dir / "Image").write_bytes(sample.kernel.read_bytes())
+    at_fit = mkimage_fit(
+        its_source(
+            [
+                ItsImage("kernel@1", at_dir / "Image", "kernel", os="linux", load=0x40080000),
+                ItsImage("fdt-a", sample.dtbs["fdt-a"], "flat_dt"),
+            ],
+            [ItsConfig("conf-a", "kernel@1", fdt=["fdt-a"], sign_key="dev")],
+            default="conf-a",
+        ),
+        at_dir / "at.itb",
+        extra=["-k", keys],
+    ).read_bytes()
     mk_a = _with_default(mk.fit.read_bytes(), "conf-a")
     resigned_a = sign_configuration(mk_a, "conf-a", dev, key_name="dev")
 
@@ -167,6 +192,9 @@ def build_cases(tmp: Path) -> tuple[dict[str, Case], dict[str, bytes]]:
             replace_image(resigned_a, "ramdisk", bytes(9000)), 1, 0, False
         ),
         "unsigned FIT, key required": case(sample.fit.read_bytes(), 1, 0, False),
+        "mkimage-signed, '@' in a node name": case(
+            at_fit, 0, 1, False, iminfo_says="Bad FIT image format"
+        ),
     }  # fmt: skip
     return cases, keyrings
 
@@ -218,6 +246,7 @@ CASE_NAMES = [
     "mkimage default sign-images, conf-c (kernel and fdt only): complete, accepted",
     "our re-signature of that mkimage FIT, ramdisk replaced",
     "unsigned FIT, key required",
+    "mkimage-signed, '@' in a node name",
 ]
 
 

@@ -102,6 +102,25 @@ def check_structure(blob: bytes | bytearray) -> Header:
     return head
 
 
+def unit_address_nodes(blob: bytes | bytearray) -> list[str]:
+    """Paths of nodes whose name contains ``@``.
+
+    libfdt resolves ``foo`` to ``foo@1``, so such names make signed node lists ambiguous;
+    U-Boot with FIT_FULL_CHECK refuses the whole FIT ("Bad FIT image format", seen with
+    Debian's 2023.01 build), fit.md §1.
+    """
+    found = []
+    path: list[str] = []
+    for tag in tags(blob, header(blob)):
+        if tag.kind == FDT_BEGIN_NODE:
+            path.append(tag.name)
+            if "@" in tag.name:
+                found.append("/" + "/".join(path[1:]))
+        elif tag.kind == FDT_END_NODE and path:
+            path.pop()
+    return found
+
+
 def open_fdt(blob: bytes | bytearray) -> libfdt.FdtRo:
     """A read-only libfdt view of `blob` with a clear error for non-FITs and malformed ones."""
     head = check_structure(blob)

@@ -30,6 +30,7 @@ from overrided.fit.regions import (
     reference_properties,
     signed_bytes,
     signed_node_paths,
+    unit_address_nodes,
 )
 from overrided.keys import PublicKey, SigningKey, key_algo
 
@@ -158,6 +159,12 @@ def sign_configuration(
     parsed = parse_algo(algo)
     check_key_fits(parsed, key, padding)
     check_structure(blob)
+    at_nodes = unit_address_nodes(blob)
+    if at_nodes:
+        raise FitError(
+            f"node {at_nodes[0]}: '@' in FIT node names makes signatures ambiguous and U-Boot"
+            " refuses such FITs; rename the nodes (e.g. hash-1, kernel-1)"
+        )
     blob = add_missing_hashes(blob, "sha256")
     head = header(blob)
     tail = blob[_aligned(head.totalsize) :]  # external data (mkimage -E) stays after the FDT

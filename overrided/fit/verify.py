@@ -26,6 +26,7 @@ from overrided.fit.regions import (
     reference_properties,
     signed_bytes,
     signed_node_paths,
+    unit_address_nodes,
 )
 from overrided.fit.sign import SignAlgo, parse_algo
 from overrided.keys import KeyStoreError, PublicKey, key_algo
@@ -256,10 +257,21 @@ def verify(
     header(blob)
     fdt = open_fdt(blob)
     report = VerifyReport()
+    at_nodes = unit_address_nodes(blob)
     for name in [config] if config is not None else config_names(fdt):
         conf = fdt.path_offset(f"/configurations/{name}", quiet=_NOTFOUND)
         if conf < 0:
             raise FitError(f"no configuration /configurations/{name}")
+        if at_nodes:
+            report.findings.append(
+                Finding(
+                    name,
+                    at_nodes[0],
+                    False,
+                    "'@' in a node name: libfdt matches 'x@1' for 'x', so what is signed is"
+                    " ambiguous; U-Boot refuses the FIT",
+                )
+            )
         sigs = [n for n in _subnodes(fdt, conf) if fdt.get_name(n).startswith("signature")]
         if not sigs:
             report.findings.append(
