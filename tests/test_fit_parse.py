@@ -31,13 +31,21 @@ LAYOUTS = {
 
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))
-def sample(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SampleFit:
-    sample = sample_fit(tmp_path_factory.mktemp("sample"), **LAYOUTS[request.param])
-    sample.layout = request.param  # type: ignore[attr-defined]
-    return sample
+def layout_sample(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, SampleFit]:
+    """(layout name, the sample FIT mkimage made in that layout)."""
+    layout = request.param
+    return layout, sample_fit(tmp_path_factory.mktemp("sample"), **LAYOUTS[layout])
 
 
-def test_images_and_their_data(sample: SampleFit) -> None:
+@pytest.fixture
+def sample(layout_sample: tuple[str, SampleFit]) -> SampleFit:
+    return layout_sample[1]
+
+
+def test_images_and_their_data(layout_sample: tuple[str, SampleFit]) -> None:
+    expected_location, sample = layout_sample
     with Fit.open(sample.fit) as fit:
         assert list(fit.images) == ["kernel", "fdt-a", "fdt-b", "fdt-c", "ramdisk", "firmware"]
         kernel = fit.images["kernel"]
@@ -48,7 +56,6 @@ def test_images_and_their_data(sample: SampleFit) -> None:
             "none",
         )
         assert (kernel.load, kernel.entry, kernel.description) == (0x40080000, 0x40080000, "Linux")
-        expected_location = sample.layout  # type: ignore[attr-defined]
         files = {"kernel": sample.kernel, "ramdisk": sample.ramdisk, "firmware": sample.firmware}
         files.update(sample.dtbs)
         for name, path in files.items():
