@@ -1116,7 +1116,7 @@ def modules_cpio(
         with tempfile.TemporaryDirectory(prefix="overrided-modules-") as tmp:
             try:
                 with tarfile.open(tree) as tar:
-                    tar.extractall(tmp, filter="data")
+                    tar.extractall(tmp, filter="tar")
             except (tarfile.TarError, OSError) as err:
                 raise CpioError(f"{tree}: not a readable modules tarball: {err}") from None
             return modules_cpio(
