@@ -251,6 +251,14 @@ def _render_with(
         if m.config is None:
             raise RenderError(f"build {build.name}: {m.reason}")
         conf = fit.configurations[m.config]
+        effective = [c.lower() for c in conf.effective_compatible(fit)]
+        if board.rule == "barebox" and board.compatible[0].lower() not in effective:
+            # barebox boots /configurations/default when nothing matches: serve what it
+            # would boot, and say that it is a guess.
+            warnings.append(
+                f"no configuration lists {board.compatible[0]!r}: {m.config} is the FIT's "
+                "default, which barebox would boot; check the board's compatible"
+            )
 
         # The trimmed FIT: only the matched configuration, set as default, with sha256 hashes
         # (barebox refuses crc32: design.md), signed when the board asks for it.
@@ -273,21 +281,18 @@ def _render_with(
         fit_name = publish("fit", fit_blob.digest)
 
         kernel_name: str | None = None
-        if board.image == "kernel":
-            if build.kernel is not None:
-                kernel_digest = store.put_file(build.kernel).digest
-            elif conf.kernel:
-                img = fit.images[conf.kernel]
-                if img.compression not in ("none", ""):
-                    raise RenderError(
-                        f"build {build.name}: image = 'kernel' needs an uncompressed kernel, "
-                        f"the FIT's is {img.compression}"
-                    )
-                kernel_digest = store.put_bytes(bytes(img.data())).digest
-            else:
-                raise RenderError(f"build {build.name}: {m.config} has no kernel")
-            kernel_name = publish("kernel", kernel_digest)
-        names[f"{u}-linux-{h}"] = blobs["kernel"] if kernel_name else fit_blob.digest
+        # A plain kernel for boards that boot one, and for iPXE, which cannot boot a FIT.
+        if board.image == "kernel" or "ipxe" in board.formats:
+            try:
+                kernel_name = publish("kernel", _plain_kernel(store, build, fit, conf.kernel))
+            except RenderError as err:
+                if board.image == "kernel":
+                    raise
+                warnings.append(f"ipxe: {err}")
+        if board.image == "kernel" and kernel_name:
+            names[f"{u}-linux-{h}"] = blobs["kernel"]
+        else:
+            names[f"{u}-linux-{h}"] = fit_blob.digest
 
         oftree_name: str | None = None
         if conf.fdt and fit.images[conf.fdt[0]].compression in ("none", ""):
@@ -365,6 +370,20 @@ def _render_with(
         "served": served,
         "rendered_at": now,
     }
+
+
+def _plain_kernel(store: Store, build: Build, fit: Fit, unit: str | None) -> str:
+    """The digest of the build's plain kernel: its ``Image`` file, else the FIT's kernel."""
+    if build.kernel is not None:
+        return store.put_file(build.kernel).digest
+    if not unit:
+        raise RenderError(f"build {build.name}: the configuration has no kernel")
+    img = fit.images[unit]
+    if img.compression not in ("none", ""):
+        raise RenderError(
+            f"build {build.name}: a plain kernel is needed, the FIT's is {img.compression}"
+        )
+    return store.put_bytes(bytes(img.data())).digest
 
 
 def render_board(board: Board, builds: Sequence[Build], ctx: RenderContext) -> Rendered:

@@ -121,9 +121,10 @@ class OverridedService:
         period = max(1.0, min(60.0, self.settings.grace / 4 or 1.0))
         while not self._stop.is_set():
             await asyncio.sleep(period)
-            self._publish()  # drops expired retired names
-            live = self.catalog.digests()
-            await asyncio.to_thread(self.store.collect, live, self.settings.grace)
+            async with self._lock:  # never while a refresh's thread changes the renders
+                self._publish()  # drops expired retired names
+                live = self.catalog.digests()
+                await asyncio.to_thread(self.store.collect, live, self.settings.grace)
 
     # --- the pipeline -------------------------------------------------------------------------
 

@@ -231,3 +231,12 @@ def test_empty_builds_folder_serves_nothing_and_says_so(tmp_path: Path) -> None:
 def test_sample_boards_cover_the_fixture() -> None:
     # The tests above rely on these compatibles; keep them in sync with tests/support/fits.py.
     assert SAMPLE_BOARDS["fdt-a"][0] == "v,board-a"
+
+
+def test_keys_inside_a_served_folder_refuse_to_start(tmp_path: Path) -> None:
+    srv = Served(tmp_path)
+    srv.keys = srv.builds / "keys"  # private keys below the watched builds folder
+    r = subprocess.run(srv.command(), capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1
+    assert "must never sit below a served folder" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,265 @@
+"""Per-board resolution and rendering, without a server: real FITs (mkimage), real DTBs (dtc),
+modules CPIOs from GNU cpio, keys from the keys module, and the store on disk."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from overrided import render as render_mod
+from overrided.builds import Build, index_build
+from overrided.config import Board
+from overrided.fit import Fit
+from overrided.fit.verify import verify
+from overrided.keys import new_key, public_key_of
+from overrided.render import (
+    FORCED_SIGNING_WARNING,
+    RenderContext,
+    RenderError,
+    board_for_hostname,
+    render_board,
+)
+from overrided.state import ConfigInfo
+from overrided.store import Store
+from tests.support.fits import board_dtb, sample_fit
+from tests.test_builds import modules_cpio
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sample_fit(tmp_path_factory.mktemp("sample")).fit
+
+
+@pytest.fixture
+def setup(tmp_path: Path, sample: Path) -> tuple[Build, RenderContext]:
+    folder = tmp_path / "kernel-builds" / "b1"
+    folder.mkdir(parents=True)
+    shutil.copy(sample, folder / "image.fit")
+    modules_cpio(folder / "modules-6.19.0-arm64.cpio", "6.19.0")
+    store = Store(tmp_path / "store")
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    ctx = RenderContext(store=store, boards_dir=boards, keys_dir=tmp_path / "keys")
+    build = index_build(folder, store)
+    assert build.usable, build.error
+    return build, ctx
+
+
+def blob(ctx: RenderContext, digest: str) -> bytes:
+    return ctx.store.path_of(digest).read_bytes()
+
+
+def script_of(r: render_mod.Rendered, ctx: RenderContext) -> str:
+    (name,) = r.info.served["barebox"]
+    return blob(ctx, r.names[name]).decode()
+
+
+def test_served_names_of_a_board(setup: tuple[Build, RenderContext]) -> None:
+    build, ctx = setup
+    r = render_board(Board(name="a", user="afa", compatible=["v,board-a"]), [build], ctx)
+    names = sorted(r.names)
+    pattern = [
+        r"afa-devboot-board-a",
+        r"afa-fit-board-a-[0-9a-f]{12}",
+        r"afa-initrd-board-a-[0-9a-f]{12}",
+        r"afa-linux-board-a",
+        r"afa-oftree-board-a",
+        r"afa-oftree-board-a-[0-9a-f]{12}",
+    ]
+    assert len(names) == len(pattern)
+    for name, p in zip(names, pattern, strict=True):
+        assert re.fullmatch(p, name), (name, p)
+    # Versioned names embed their content's hash; the stable ones do not.
+    assert r.versioned == {n for n in names if re.search(r"-[0-9a-f]{12}$", n)}
+    for name in r.versioned:
+        assert r.names[name].startswith(name[-12:])
+    assert r.info.configuration == "conf-a" and r.info.build == "b1"
+
+
+def test_unchanged_board_is_not_rendered_again(
+    setup: tuple[Build, RenderContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build, ctx = setup
+    board = Board(name="a", compatible=["v,board-a"])
+    first = render_board(board, [build], ctx)
+    calls: list[str] = []
+    real = render_mod._render_fresh
+    monkeypatch.setattr(render_mod, "_render_fresh", lambda *a: calls.append("render") or real(*a))
+    again = render_board(board, [build], ctx)
+    assert calls == []
+    assert again.names == first.names  # the script too: same bytes, same render time
+    # Any input change is a new render: here the board's bootargs.
+    changed = render_board(board.model_copy(update={"bootargs": {"x": "y"}}), [build], ctx)
+    assert calls == ["render"]
+    assert changed.names["none-devboot-board-a"] != first.names["none-devboot-board-a"]
+    assert changed.info.artifacts["fit"] == first.info.artifacts["fit"]  # same FIT blob
+
+
+def test_plain_kernel_names_its_dtb(tmp_path: Path) -> None:
+    folder = tmp_path / "kernel-builds" / "img"
+    folder.mkdir(parents=True)
+    kernel = b"\0" * 4096 + b"Linux version 6.19.0 (me@host) #1\n"
+    (folder / "Image").write_bytes(kernel)
+    dtb = board_dtb(folder / "dts/radxa/rk3568-rock-3a.dtb", ["radxa,rock3a", "rockchip,rk3568"])
+    store = Store(tmp_path / "store")
+    ctx = RenderContext(store=store, boards_dir=tmp_path, keys_dir=tmp_path / "keys")
+    build = index_build(folder, store)
+    board = Board(name="rock3a", compatible=["radxa,rock3a"], image="kernel", initrd=None)
+    r = render_board(board, [build], ctx)
+    assert blob(ctx, r.names[r.info.artifacts["kernel"]]) == kernel
+    assert blob(ctx, r.names[r.info.artifacts["oftree"]]) == dtb.read_bytes()
+    assert blob(ctx, r.names["none-linux-rock3a"]) == kernel  # `boot net` gets the kernel
+    script = script_of(r, ctx)
+    assert f'devboot_image="{r.info.artifacts["kernel"]}"' in script
+    assert f'devboot_oftree="{r.info.artifacts["oftree"]}"' in script
+    assert "devboot_initrd" not in script
+
+
+def test_signed_board_gets_a_signed_fit_and_forced_boards_a_warning(
+    setup: tuple[Build, RenderContext],
+) -> None:
+    build, ctx = setup
+    new_key(ctx.keys_dir, "lab")
+    board = Board(
+        name="a", compatible=["v,board-a"], sign="lab", signed_images_forced=True, initrd=None
+    )
+    r = render_board(board, [build], ctx)
+    fit_bytes = blob(ctx, r.names[r.info.artifacts["fit"]])
+    report = verify(fit_bytes, public_key_of(ctx.keys_dir, "lab"))
+    assert report.ok, report.lines()
+    assert FORCED_SIGNING_WARNING in r.info.warnings
+
+
+def test_every_format_the_board_asks_for(setup: tuple[Build, RenderContext]) -> None:
+    build, ctx = setup
+    ctx.http_base = "http://127.0.0.1:8080/"  # iPXE loads over HTTP
+    board = Board(
+        name="a",
+        compatible=["v,board-a"],
+        formats=["barebox", "pxe", "bootscr", "ipxe"],
+        mac="52:54:00:12:34:56",
+    )
+    r = render_board(board, [build], ctx)
+    assert set(r.info.served) == {"barebox", "pxe", "bootscr", "ipxe"}
+    assert "pxelinux.cfg/01-52-54-00-12-34-56" in r.info.served["pxe"]
+    for files in r.info.served.values():
+        for name in files:
+            assert name in r.names
+
+
+def test_modules_under_usr_lib_are_warned_about(tmp_path: Path, sample: Path) -> None:
+    folder = tmp_path / "kernel-builds" / "merged-usr"
+    folder.mkdir(parents=True)
+    shutil.copy(sample, folder / "image.fit")
+    cpio = modules_cpio(tmp_path / "m.cpio", "6.19.0")
+    # Re-root the same archive under usr/ with GNU cpio: what INSTALL_MOD_PATH=usr gives.
+    tree = tmp_path / "tree"
+    (tree / "usr").mkdir(parents=True)
+    import subprocess
+
+    subprocess.run(["cpio", "-idm", "--quiet"], stdin=cpio.open("rb"), cwd=tree / "usr", check=True)
+    names = "\n".join(sorted(str(p.relative_to(tree)) for p in tree.rglob("*")))
+    with (folder / "modules-6.19.0-arm64.cpio").open("wb") as out:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"],
+            input=names.encode(),
+            stdout=out,
+            cwd=tree,
+            check=True,
+        )
+    store = Store(tmp_path / "store")
+    ctx = RenderContext(store=store, boards_dir=tmp_path, keys_dir=tmp_path / "keys")
+    r = render_board(Board(name="a", compatible=["v,board-a"]), [index_build(folder, store)], ctx)
+    assert any("usr/lib/modules" in w for w in r.info.warnings), r.info.warnings
+
+
+@pytest.mark.parametrize(
+    ("board", "error"),
+    [
+        (Board(name="x", compatible=["v,board-z"], rule="u-boot"), "build b1: no match"),
+        (Board(name="x", compatible=["v,board-a"], build="nope"), "build 'nope' does not exist"),
+        (Board(name="x", compatible=["v,board-a"], init="missing.cpio"), "missing.cpio"),
+        (Board(name="x", compatible=["v,board-a"], sign="nokey"), "nokey"),
+        (Board(name="x", compatible=["v,board-a"], oftree=["no.dtbo"]), "overlay 'no.dtbo'"),
+    ],
+)
+def test_boards_that_cannot_be_rendered_say_why(
+    setup: tuple[Build, RenderContext], board: Board, error: str
+) -> None:
+    build, ctx = setup
+    with pytest.raises(Exception) as info:
+        render_board(board, [build], ctx)
+    assert error in str(info.value)
+
+
+def test_barebox_default_fallback_is_served_with_a_warning(
+    setup: tuple[Build, RenderContext],
+) -> None:
+    build, ctx = setup
+    r = render_board(Board(name="z", compatible=["v,board-z"]), [build], ctx)
+    assert r.info.configuration == "conf-b"  # the sample FIT's default
+    assert "falls back to /configurations/default" in r.info.reason
+    assert any("no configuration lists 'v,board-z'" in w for w in r.info.warnings)
+
+
+def test_no_usable_build() -> None:
+    broken = Build("b", Path("b"), error="b: no image.fit")
+    ctx = RenderContext(store=None, boards_dir=Path(), keys_dir=Path())  # type: ignore[arg-type]
+    with pytest.raises(RenderError, match="no usable build"):
+        render_board(Board(compatible=["v,x"]), [broken], ctx)
+
+
+def conf(name: str, *compatible: str) -> ConfigInfo:
+    return ConfigInfo(name=name, compatible=list(compatible), kernel="kernel")
+
+
+BUILD = Build(
+    "b",
+    Path("b"),
+    fit=Path("f"),
+    arch="arm64",
+    configurations=(
+        conf("conf-1", "radxa,rock3a", "rockchip,rk3568"),
+        conf("conf-2", "rockchip,rk3568-evb1", "rockchip,rk3568"),
+        conf("conf-3", "vendor-a,twin", "soc"),
+        conf("conf-4", "vendor-b,twin", "soc"),
+        conf("conf-5", "rockchip,rk3568"),
+        conf("conf-6", "novendor"),
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expected"),
+    [
+        ("rock3a", "radxa,rock3a"),  # exactly one "<vendor>,rock3a" first
+        ("ROCK3A", "radxa,rock3a"),  # barebox compares case-insensitively
+        ("rk3568-evb1", "rockchip,rk3568-evb1"),
+        ("rk3568", "rockchip,rk3568"),  # conf-5 lists it first; conf-1/2 only second
+        ("twin", "2 configurations for '<vendor>,twin': conf-3, conf-4"),
+        ("novendor", "has a first compatible '<vendor>,novendor'"),  # no vendor prefix
+        ("arm64", "has a first compatible '<vendor>,arm64'"),  # the <user>-devboot-<arch> probe
+    ],
+)
+def test_hostname_only_boards(hostname: str, expected: str) -> None:
+    if "," in expected and " " not in expected:
+        board = board_for_hostname("none", hostname, BUILD)
+        assert board.compatible == [expected]
+        assert (board.user, board.hostname, board.build) == ("none", hostname, "b")
+    else:
+        with pytest.raises(RenderError) as info:
+            board_for_hostname("none", hostname, BUILD)
+        assert expected in str(info.value)
+        assert f"no board file for none/{hostname}" in str(info.value)
+
+
+def test_trimmed_fit_holds_only_the_match(setup: tuple[Build, RenderContext]) -> None:
+    build, ctx = setup
+    r = render_board(Board(name="c", compatible=["v,board-c", "v,soc-c"]), [build], ctx)
+    with Fit.from_bytes(blob(ctx, r.names[r.info.artifacts["fit"]])) as fit:
+        assert list(fit.configurations) == ["conf-c"]
+        assert fit.default == "conf-c"
+        assert all(img.hashes for img in fit.images.values())  # sha256 hash-1 everywhere
