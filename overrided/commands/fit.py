@@ -106,6 +106,12 @@ def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB"
 
 
+def _clip(text: str, width: int) -> str:
+    """`text` cut to `width` characters, marked with "..." when cut (keeps the table readable
+    when one DTB lists dozens of compatible strings)."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     """Print a table of the FIT's configurations."""
     with Fit.open(args.file) as fit:
@@ -126,7 +132,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 images.append(unit if image else f"{unit}(MISSING)")
                 size += image.size if image else 0
             name = conf.name + (" *" if conf.name == fit.default else "")
-            rows.append((name, compat, conf.description or "", " ".join(images), _size(size)))
+            description = _clip(conf.description or "", 40)
+            rows.append((name, _clip(compat, 64), description, " ".join(images), _size(size)))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4])
