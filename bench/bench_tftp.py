@@ -1,0 +1,197 @@
+"""overrided's TFTP server against tftpd-hpa, in one run, in a network namespace of its own.
+
+    sudo .venv/bin/python bench/bench_tftp.py [--runs 3] [--size-mib 64]
+
+Both servers serve the same folder inside a fresh namespace (only ``lo``), so nothing else on
+the host shares their link. Runs alternate between the servers so load from elsewhere hits
+both alike; each figure is the median of ``--runs``.
+
+- window 1 (lockstep) at blksize 512/1432/1468/8192/65464, with curl and with our own client
+  (bench/tftpclient.py), on a 64 MiB file;
+- overrided with windowsize 4/16/64 (tftpd-hpa has no windowsize; its window-1 figure at the
+  same blksize is the reference);
+- 32 curl clients at once on a 16 MiB file: all must complete; aggregate throughput compared.
+
+Prints a table, then ``ratio_vs_tftpd_hpa=`` (the lower of the window-1 ratios at blksize
+1432 and 1468, the two block sizes barebox and U-Boot use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from tftpclient import fetch  # noqa: E402
+
+HPA_PORT, OVD_PORT = 1069, 2069
+BLKSIZES = (512, 1432, 1468, 8192, 65464)
+WINDOWS = (4, 16, 64)
+WINDOW_BLKSIZES = (1432, 1468)
+CLIENTS_AT_ONCE = 32
+
+
+def outer(argv: list[str]) -> int:
+    """Create the namespace, run this script inside it, delete the namespace."""
+    if os.geteuid() != 0:
+        print("bench_tftp: needs root (ip netns)", file=sys.stderr)
+        return 1
+    name = f"ovd-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        cmd = ["ip", "netns", "exec", name, sys.executable, __file__, "--inside", *argv]
+        return subprocess.run(cmd, cwd=REPO).returncode
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def curl_fetch(port: int, name: str, blksize: int, size: int) -> float:
+    """Seconds curl needs to read ``name`` (checked for size)."""
+    out = subprocess.run(
+        [
+            "curl", "-sS", "--tftp-blksize", str(blksize), "-o", "/dev/null",
+            "-w", "%{size_download} %{time_total}", f"tftp://127.0.0.1:{port}/{name}",
+        ],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout.split()  # fmt: skip
+    if int(out[0]) != size:
+        raise RuntimeError(f"curl got {out[0]} bytes of {size} from port {port}")
+    return float(out[1])
+
+
+def ours_fetch(port: int, name: str, blksize: int, window: int, size: int, crc: int) -> float:
+    """Seconds our client needs to read ``name`` (checked for size and CRC)."""
+    got = fetch("127.0.0.1", port, name, blksize=blksize, windowsize=window, timeout=1.0)
+    if (got.size, got.crc32) != (size, crc):
+        raise RuntimeError(f"port {port}: got {got.size} bytes, crc {got.crc32:#x}")
+    if window > 1 and got.options.get("windowsize") != str(window):
+        raise RuntimeError(f"port {port}: windowsize {window} not granted: {got.options}")
+    return got.seconds
+
+
+def many_at_once(port: int, name: str, size: int) -> float:
+    """Seconds until all of ``CLIENTS_AT_ONCE`` curl readers (blksize 1432) are done."""
+    url = f"tftp://127.0.0.1:{port}/{name}"
+    argv = ["curl", "-sS", "--tftp-blksize", "1432", "-o", "/dev/null", "-w", "%{size_download}"]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen([*argv, url], stdout=subprocess.PIPE, text=True)
+        for _ in range(CLIENTS_AT_ONCE)
+    ]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    elapsed = time.perf_counter() - started
+    bad = [o for p, o in zip(procs, outs, strict=True) if p.returncode or int(o or 0) != size]
+    if bad:
+        raise RuntimeError(f"port {port}: {len(bad)} of {CLIENTS_AT_ONCE} readers failed")
+    return elapsed
+
+
+def median_rate(samples: list[float], size: int) -> float:
+    """MB/s from the median of the timings."""
+    return size / statistics.median(samples) / 1e6
+
+
+def inside(args: argparse.Namespace) -> int:
+    """The benchmark proper, run inside the namespace."""
+    size = args.size_mib << 20
+    small = 16 << 20
+    root = Path(tempfile.mkdtemp(prefix="bench-tftp-"))
+    root.chmod(0o755)  # tftpd-hpa drops to its own user
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        data = os.urandom(size)
+        (root / "big").write_bytes(data)
+        (root / "small").write_bytes(data[:small])
+        for f in root.iterdir():
+            f.chmod(0o644)
+        crc = zlib.crc32(data)
+        del data
+        servers.append(subprocess.Popen(["in.tftpd", "-L", "-s", str(root), "-a", f":{HPA_PORT}"]))
+        servers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "overrided", "tftp", "serve", str(root),
+                 "--addr", "0.0.0.0", "--port", str(OVD_PORT)],
+                cwd=REPO, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        time.sleep(1.5)
+        rows: list[tuple[str, str, float, float]] = []  # case, client, hpa MB/s, ovd MB/s
+
+        def pair(run: Callable[[int], float], nbytes: int) -> tuple[float, float]:
+            hpa: list[float] = []
+            ovd: list[float] = []
+            for i in range(args.runs):
+                order = [(HPA_PORT, hpa), (OVD_PORT, ovd)]
+                for port, out in order if i % 2 == 0 else order[::-1]:
+                    out.append(run(port))
+            return median_rate(hpa, nbytes), median_rate(ovd, nbytes)
+
+        for bs in BLKSIZES:
+            for client in args.clients:
+                if client == "curl":
+                    h, o = pair(lambda p, bs=bs: curl_fetch(p, "big", bs, size), size)
+                else:
+                    h, o = pair(lambda p, bs=bs: ours_fetch(p, "big", bs, 1, size, crc), size)
+                rows.append((f"window 1 blksize {bs}", client, h, o))
+                print(f"  {rows[-1][0]:<28} {client:<6} {h:8.1f} {o:8.1f}", flush=True)
+        hpa_w1 = {(r[0], r[1]): r[2] for r in rows}
+        for bs in WINDOW_BLKSIZES:
+            for w in WINDOWS:
+                runs = [ours_fetch(OVD_PORT, "big", bs, w, size, crc) for _ in range(args.runs)]
+                reference = hpa_w1[(f"window 1 blksize {bs}", "ours")]
+                rows.append(
+                    (f"windowsize {w} blksize {bs}", "ours", reference, median_rate(runs, size))
+                )
+                print(f"  {rows[-1][0]:<28} ours   {reference:8.1f} {rows[-1][3]:8.1f}", flush=True)
+        h, o = pair(lambda p: many_at_once(p, "small", small), CLIENTS_AT_ONCE * small)
+        rows.append((f"{CLIENTS_AT_ONCE} at once, 16 MiB each", "curl", h, o))
+
+        print()
+        print(
+            f"{'case':<30} {'client':<7} {'tftpd-hpa MB/s':>15} {'overrided MB/s':>15} {'ratio':>7}"
+        )
+        for case, client, h, o in rows:
+            print(f"{case:<30} {client:<7} {h:15.1f} {o:15.1f} {o / h:7.2f}")
+        print("(windowsize rows: tftpd-hpa column is its window-1 figure at that blksize)")
+        w1 = [o / h for case, c, h, o in rows if c == "ours" and case in (
+            "window 1 blksize 1432", "window 1 blksize 1468")]  # fmt: skip
+        print(f"ratio_vs_tftpd_hpa={min(w1):.2f}")
+        return 0
+    finally:
+        for proc in servers:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> int:
+    """Parse arguments; re-run inside a namespace unless already there."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--size-mib", type=int, default=64, help="size of the big file")
+    parser.add_argument(
+        "--clients", default="ours,curl", help="window-1 clients: ours, curl or both"
+    )
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.inside:
+        return outer(sys.argv[1:])
+    args.clients = [c for c in args.clients.split(",") if c]
+    return inside(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
