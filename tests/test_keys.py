@@ -34,7 +34,7 @@ from tests.support.fits import (
     sample_configs,
     sample_fit,
 )
-from tests.test_sign import rsa_keys
+from tests.test_sign import shared_rsa_keys
 
 
 def node_properties(dtb: Path, path: str) -> list[tuple[str, bytes]]:
@@ -154,8 +154,10 @@ def test_missing_key_names_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bits", [2048, 4096])
-def test_uboot_key_node_identical_to_mkimage(tmp_path: Path, bits: int) -> None:
-    keys = rsa_keys(tmp_path / "keys", "dev", bits)
+def test_uboot_key_node_identical_to_mkimage(
+    tmp_path: Path, bits: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    keys = shared_rsa_keys(tmp_path_factory, bits)
     configs = sample_configs()
     for conf in configs:
         conf.extra = f'signature-1 {{ algo = "sha256,rsa{bits}"; key-name-hint = "dev"; }};'

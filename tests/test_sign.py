@@ -124,9 +124,20 @@ def without_sign_images(configs: list[ItsConfig], hint: str) -> list[ItsConfig]:
 # -- fixtures ---------------------------------------------------------------------------------
 
 
+_SHARED_KEYS: dict[int, Path] = {}
+
+
+def shared_rsa_keys(factory: pytest.TempPathFactory, bits: int) -> Path:
+    """A key folder (``dev.key``/``dev.crt``) per RSA size, made once per test session and
+    shared by the signing modules: openssl can take many seconds to find 4096-bit primes."""
+    if bits not in _SHARED_KEYS:
+        _SHARED_KEYS[bits] = rsa_keys(factory.mktemp(f"rsa{bits}") / "keys", "dev", bits)
+    return _SHARED_KEYS[bits]
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return rsa_keys(tmp_path_factory.mktemp("keys") / "keys")
+    return shared_rsa_keys(tmp_path_factory, 2048)
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +209,13 @@ def test_region_walk_hashes_metadata_not_data_nor_signature_properties(tmp_path:
 
 @pytest.mark.parametrize("bits", [2048, 4096])
 def test_value_hashed_nodes_and_strings_identical_to_mkimage(
-    tmp_path: Path, sample: SampleFit, bits: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    sample: SampleFit,
+    bits: int,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    keys = rsa_keys(tmp_path / "keys", "dev", bits)
+    keys = shared_rsa_keys(tmp_path_factory, bits)
     key = load_private_key_file(keys / "dev.key")
     blob = sample.fit.read_bytes()
     if bits != 2048:

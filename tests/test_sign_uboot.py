@@ -48,8 +48,8 @@ from tests.test_sign import (
     flip_byte,
     prop,
     replace_image,
-    rsa_keys,
     set_prop,
+    shared_rsa_keys,
     without_sign_images,
 )
 
@@ -93,11 +93,13 @@ def _with_default(blob: bytes, config: str) -> bytes:
     return set_prop(blob, "/configurations", "default", config.encode() + b"\0")
 
 
-def build_cases(tmp: Path) -> tuple[dict[str, Case], dict[str, bytes]]:
+def build_cases(
+    tmp: Path, factory: pytest.TempPathFactory
+) -> tuple[dict[str, Case], dict[str, bytes]]:
     """Every case's FIT, and the key DTBs they are checked against (by keyring name)."""
-    keys = rsa_keys(tmp / "keys", "dev")
+    keys = shared_rsa_keys(factory, 2048)
     dev = load_private_key_file(keys / "dev.key")
-    big: SigningKey = generate_key("rsa4096")
+    big: SigningKey = load_private_key_file(shared_rsa_keys(factory, 4096) / "dev.key")
     ec: SigningKey = generate_key("ecdsa256")
     keyrings = {}
     for name, key in (("dev", dev), ("big", big), ("ec", ec)):
@@ -204,7 +206,7 @@ def uboot_results(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[dict[str, Case], dict[str, Outcome], str]:
     tmp = tmp_path_factory.mktemp("uboot-sign")
-    cases, keyrings = build_cases(tmp)
+    cases, keyrings = build_cases(tmp, tmp_path_factory)
     extra: list[str] = []
     key_addr = {}
     for i, (name, dtb) in enumerate(keyrings.items()):
@@ -282,7 +284,7 @@ BOOT_INITRD = 0x48000000
 
 
 def test_bootm_with_required_key_boots_ours_and_refuses_others(
-    tmp_path: Path,
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The board's control DT carries our key with ``required = "conf"``, so ``bootm`` itself
     enforces the signature: Debian's kernel boots from our signed, trimmed FIT into an init,
@@ -297,8 +299,7 @@ def test_bootm_with_required_key_boots_ours_and_refuses_others(
     virt = dump_dtb(tmp_path / "virt.dtb")  # the board's DT, also the FIT's fdt
     build_fit(kernel.image, [virt], tmp_path / "build.itb")
     trimmed = trim_bytes(Fit.open(tmp_path / "build.itb"), "conf-1", add_hashes=True)
-    keys = rsa_keys(tmp_path / "keys", "dev")
-    dev = load_private_key_file(keys / "dev.key")
+    dev = load_private_key_file(shared_rsa_keys(tmp_path_factory, 2048) / "dev.key")
     fits = {
         BOOT_FIT: sign_configuration(trimmed, "conf-1", dev, key_name="dev"),
         OTHER_FIT: sign_configuration(trimmed, "conf-1", generate_key("rsa2048"), key_name="dev"),
