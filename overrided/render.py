@@ -187,11 +187,16 @@ def _parts_key(kind: str, parts: Sequence[Path], *extra: str | None) -> str:
     return hashlib.sha256("\0".join(ids).encode()).hexdigest()
 
 
+def initrd_key(parts: Sequence[Path]) -> str:
+    """The render-cache key of the initrd made of ``parts``."""
+    return _parts_key("initrd", parts)
+
+
 def _initrd_blob(store: Store, parts: Sequence[Path]) -> str:
     """The initrd of ``parts`` as a blob (cached: a new kernel with the same modules reuses it)."""
     from overrided.cpio import concat
 
-    key = _parts_key("initrd", parts)
+    key = initrd_key(parts)
     cached = store.cached(key)
     if cached is not None:
         return str(cached["blobs"]["initrd"])

@@ -7,16 +7,21 @@ worker thread so the servers on the event loop keep answering.
 
 Boards known only by their hostname (no board file) are resolved when a client first asks for
 one of their stable names: the lookup checks the latest build for exactly one configuration
-whose first compatible is ``<vendor>,<hostname>``, renders it (a trim of one configuration) and
-publishes it; the outcome, success or reason, is remembered per build so later lookups cost a
-dictionary access, and boards once asked for are re-rendered with every new build.
+whose first compatible is ``<vendor>,<hostname>``, renders it and publishes it; the outcome,
+success or reason, is remembered per build so later lookups cost a dictionary access, and boards
+once asked for are re-rendered with every new build. Rendering them all ahead of time would
+mean one trimmed FIT per configuration (577 for Debian's arm64 kernel), so it waits for the
+first request; that render runs on the loop when it is quick (a trim, a small initrd), else on a
+worker thread while the request is told the board is being prepared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ from overrided.render import (
     Rendered,
     RenderError,
     board_for_hostname,
+    initrd_key,
     render_board,
 )
 from overrided.served import Entry, NotServed, Transfer, clean_name
@@ -47,6 +53,12 @@ _STABLE = re.compile(
     r"^(?P<user>[A-Za-z0-9][A-Za-z0-9._+]*?)-(?:devboot|linux|oftree|initramfs)-"
     r"(?P<host>[A-Za-z0-9][A-Za-z0-9._+-]*)$"
 )
+
+
+# An initrd this small is copied within a TFTP retransmit interval even on slow disks.
+_QUICK_INITRD = 32 << 20
+# Hostname-only boards remembered (with their reason when they cannot be served).
+_MAX_UNKNOWN = 256
 
 
 @dataclass
@@ -81,7 +93,10 @@ class OverridedService:
         self._board_errors: dict[str, str] = {}
         self._rendered: dict[str, Rendered] = {}
         self._board_info: dict[str, BoardInfo] = {}
+        # Hostname-only boards are resolved from the loop (lookups) and from refresh threads.
         self._unknown: dict[tuple[str, str], _Unknown] = {}
+        self._unknown_lock = threading.Lock()
+        self._preparing: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -159,13 +174,15 @@ class OverridedService:
     def _index_one(self, name: str, folder: Path | None) -> Build | None:
         t0 = time.monotonic()
         if folder is None or not folder.is_dir():
-            if self._builds.pop(name, None) is not None:
+            if name in self._builds:
+                # Replaced, never mutated: lookups on the loop read it while a refresh runs.
+                self._builds = {k: v for k, v in self._builds.items() if k != name}
                 log.info("build %s: removed", name)
                 self.events.publish(Event(kind="build-removed", build=name))
             return None
         build = index_build(folder, self.store, quiet=self.settings.quiet, fits=self.ctx.fits)
         duration = time.monotonic() - t0
-        self._builds[name] = build
+        self._builds = {**self._builds, name: build}
         if build.error:
             log.error("build %s: %s", name, build.error)
             self.events.publish(
@@ -261,19 +278,18 @@ class OverridedService:
         for board in self._boards:
             self._render_one(board)
         # Hostname-only boards that were asked for before: follow the new build at once.
-        for user, host in list(self._unknown):
-            self._unknown.pop((user, host))
-            self._resolve_unknown(user, host)
+        with self._unknown_lock:
+            asked = list(self._unknown)
+        for user, host in asked:
+            self._resolve_unknown(user, host, self.ctx)
 
     def _publish(self) -> None:
         entries: list[Entry] = []
         versioned: set[str] = set()
         rendered = [(n, r) for n, r in self._rendered.items()]
-        rendered += [
-            (u.rendered.info.name, u.rendered)
-            for u in self._unknown.values()
-            if u.rendered is not None
-        ]
+        with self._unknown_lock:
+            unknown = list(self._unknown.values())
+        rendered += [(u.rendered.info.name, u.rendered) for u in unknown if u.rendered is not None]
         for board, r in rendered:
             for name, digest in r.names.items():
                 blob = self.store.blob(digest)
@@ -291,16 +307,18 @@ class OverridedService:
 
     # --- hostname-only boards -----------------------------------------------------------------
 
-    def _resolve_unknown(self, user: str, host: str) -> _Unknown | None:
+    def _resolve_unknown(self, user: str, host: str, ctx: RenderContext) -> _Unknown | None:
+        """Resolve (or re-resolve for a newer build) a board known only by its hostname."""
         latest = builds_mod.latest(self._builds.values())
         if latest is None:
             return None
-        known = self._unknown.get((user, host))
+        with self._unknown_lock:
+            known = self._unknown.get((user, host))
         if known and known.build == latest.name and known.build_mtime == latest.mtime:
             return known
         try:
             board = board_for_hostname(user, host, latest)
-            rendered: Rendered | None = render_board(board, [latest], self.ctx)
+            rendered: Rendered | None = render_board(board, [latest], ctx)
             reason = rendered.info.reason if rendered else ""
             log.info(
                 "board %s-devboot-%s (no board file): build %s, %s: %s",
@@ -314,33 +332,83 @@ class OverridedService:
             rendered, reason = None, str(err).splitlines()[0]
             log.warning("board %s-devboot-%s: not served: %s", user, host, reason)
         u = _Unknown(latest.name, latest.mtime, rendered, reason)
-        self._unknown[(user, host)] = u
+        with self._unknown_lock:
+            self._unknown[(user, host)] = u
+            if len(self._unknown) > _MAX_UNKNOWN:
+                # Any client can ask for made-up names: forget the oldest failures first.
+                for k in [k for k, v in self._unknown.items() if v.rendered is None][:-1]:
+                    if len(self._unknown) <= _MAX_UNKNOWN:
+                        break
+                    del self._unknown[k]
         return u
+
+    def _cheap_to_render(self, build: Build) -> bool:
+        """Whether a hostname-only board of ``build`` renders fast enough for a lookup: the
+        FIT trim is quick, but copying a big modules initrd is not, unless it is built."""
+        try:
+            size = sum(m.stat().st_size for m in build.modules)
+        except OSError:
+            return False
+        return size <= _QUICK_INITRD or self.store.cached(initrd_key(build.modules)) is not None
 
     # --- Service protocol ---------------------------------------------------------------------
 
     def lookup(self, name: str) -> Entry:
-        """The current catalog's entry; a board with no file may be resolved by its hostname."""
+        """The current catalog's entry; a board with no file may be resolved by its hostname.
+
+        A hostname-only board is rendered on its first request, on the loop when that is quick
+        (a trim), else on a worker thread while the request gets "being prepared" (the
+        servers keep answering everyone else meanwhile).
+        """
         try:
             return self.catalog.lookup(name)
         except NotServed as err:
             cleaned = clean_name(name)
             m = _STABLE.match(cleaned)
-            if m is None or self._lock.locked():
+            if m is None:
                 raise
             user, host = m.group("user"), m.group("host")
             if any(b.user == user and b.hostname == host for b in self._boards):
                 raise NotServed(f"{err}: board {user}/{host}: {self._why(user, host)}") from None
-            u = self._resolve_unknown(user, host)
-            if u is None:
+            latest = builds_mod.latest(self._builds.values())
+            if latest is None:
                 raise NotServed(f"{err}: no usable build yet") from None
-            if u.rendered is None:
-                raise NotServed(f"{err}: {u.reason}") from None
-            if cleaned not in u.rendered.names:
+            key = (user, host)
+            with self._unknown_lock:
+                u = self._unknown.get(key)
+            if u is None or u.build != latest.name or u.build_mtime != latest.mtime:
+                if key in self._preparing:
+                    raise NotServed(f"{err}: board {user}/{host} is being prepared") from None
+                ctx = dataclasses.replace(self.ctx, fits=None)
+                if not self._cheap_to_render(latest):
+                    self._prepare(key, ctx)
+                    raise NotServed(
+                        f"{err}: board {user}/{host} is being prepared from build {latest.name}; "
+                        "ask again in a few seconds"
+                    ) from None
+                u = self._resolve_unknown(user, host, ctx)
+            if u is None or u.rendered is None:
+                raise NotServed(f"{err}: {u.reason if u else 'no usable build yet'}") from None
+            digest = u.rendered.names.get(cleaned)
+            blob = self.store.blob(digest) if digest else None
+            if blob is None:
                 raise NotServed(f"{err}: board {user}/{host} has no such artifact") from None
-            # Publish synchronously (no await: the loop is ours) so later lookups are a hit.
-            self._publish()
-            return self.catalog.lookup(cleaned)
+            if not self._lock.locked():
+                self._publish()  # later lookups hit the catalog; a running refresh publishes too
+            return Entry(cleaned, blob, u.rendered.info.name)
+
+    def _prepare(self, key: tuple[str, str], ctx: RenderContext) -> None:
+        """Render a hostname-only board on a worker thread, then publish."""
+        self._preparing.add(key)
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(None, self._resolve_unknown, key[0], key[1], ctx)
+
+        def done(_: object) -> None:
+            self._preparing.discard(key)
+            if not self._lock.locked():
+                self._publish()
+
+        job.add_done_callback(done)
 
     def _why(self, user: str, host: str) -> str:
         for b in self._boards:
@@ -351,11 +419,14 @@ class OverridedService:
 
     def boards(self) -> list[BoardInfo]:
         """Every board: by file (valid or not), then hostname-only boards that were asked for."""
-        out = [self._board_info[b.name] for b in self._boards if b.name in self._board_info]
+        infos = self._board_info
+        out = [i for i in (infos.get(b.name) for b in self._boards) if i is not None]
         for file, err in sorted(self._board_errors.items()):
             stem = Path(file).stem
             out.append(BoardInfo(name=stem, hostname="", file=file, reason=err, error=err))
-        for (user, host), u in sorted(self._unknown.items()):
+        with self._unknown_lock:
+            unknown = sorted(self._unknown.items())
+        for (user, host), u in unknown:
             if u.rendered is not None:
                 out.append(u.rendered.info)
             else:
