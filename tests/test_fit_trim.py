@@ -276,3 +276,20 @@ def test_trim_onto_itself_is_refused(tmp_path: Path) -> None:
     with Fit.open(sample.fit) as fit, pytest.raises(FitError, match="onto itself"):
         trim(fit, "conf-a", sample.fit)
     assert sample.fit.read_bytes() == before
+
+
+def test_signature_survives_inserting_default(tmp_path: Path) -> None:
+    """Inserting /configurations/default (make_fit.py writes none) keeps the signature: the
+    properties of /configurations are never hashed, it is only an ancestor (fit.md §3.2)."""
+    keys = signing_keys(tmp_path / "keys", "dev")
+    pub = board_dtb(tmp_path / "pub.dtb", ["v,u-boot"])
+    sample = sample_fit(
+        tmp_path, default=None, configs=sample_configs(sign_key="dev"),
+        extra=["-k", keys, "-K", pub, "-r"],
+    )  # fmt: skip
+    with Fit.open(sample.fit) as fit:
+        assert fit.default is None
+        trimmed = trim_bytes(fit, "conf-c")
+    assert Fit.from_bytes(trimmed).default == "conf-c"
+    assert hashed_bytes(trimmed, "conf-c") == hashed_bytes(sample.fit.read_bytes(), "conf-c")
+    verify(trimmed, "conf-c", keys / "dev.crt")
