@@ -327,5 +327,5 @@ def test_bootm_with_required_key_boots_ours_and_refuses_others(
         ub.send_line(f"bootm {BOOT_FIT:#x} {rd}")
         ub.expect(r"Verifying Hash Integrity \.\.\. sha256,rsa2048:dev\+ OK", 120)
         ub.expect("Starting kernel", 120)
-        m = ub.expect(rf"{parts.MARKER} init release=(\S+)", 240)
+        m = ub.expect(rf"{parts.MARKER} init release=(\S+) ", 240)  # space: the whole word
         assert m.group(1) == kernel.release
