@@ -4,8 +4,8 @@ Each initrd is our concatenation of an init archive (Debian's static arm64 busyb
 ``/init`` script, archived by us) and a modules archive built by us from the kernel package's
 ``lib/modules``. The init prints a marker, lists ``/lib/modules/$(uname -r)``, loads a real module
 with ``insmod`` and powers off. One case boots the full modules tree; the others a subset, which
-keeps them quick. A last case shows that a plain ``cat`` of an odd-length gzip part and a raw part
-breaks the kernel's unpacking exactly where ``cpio.inspect`` says it does.
+keeps them quick. The last cases show that a plain ``cat`` of an odd-length gzip part and a raw
+part, or of an lz4 part and a raw part, breaks the kernel's unpacking where ``cpio.inspect`` says.
 """
 
 from __future__ import annotations
@@ -80,9 +80,15 @@ def parts(tmp_path_factory: pytest.TempPathFactory, kernel: debian.Kernel) -> di
         "subset": work / "modules-subset.cpio",
         "subset.zst": work / "modules-subset.cpio.zst",
         "subset.gz": work / "modules-subset.cpio.gz",
+        "subset.lz4": work / "modules-subset.cpio.lz4",
         "full": work / "modules-full.cpio",
     }
-    for name, compress in (("subset", None), ("subset.zst", "zstd"), ("subset.gz", "gzip")):
+    for name, compress in (
+        ("subset", None),
+        ("subset.zst", "zstd"),
+        ("subset.gz", "gzip"),
+        ("subset.lz4", "lz4"),
+    ):
         assert cpio.modules_cpio(subset.parent.parent.parent, built[name], compress=compress) == (
             kernel.release
         )
@@ -146,6 +152,7 @@ CASES: dict[str, tuple[tuple[str, ...], int]] = {
     "raw+gzip": (("init", "subset.gz"), 1),
     "gzip+raw": (("subset.odd.gz", "init"), 1),  # needs our 2 bytes of padding
     "zstd+raw": (("subset.zst", "init"), 1),
+    "lz4+raw": (("subset.lz4", "init"), 1),  # needs a zero word after the lz4 stream
     "full-raw+gzip": (("full", "init.gz"), 3000),
 }
 
@@ -168,14 +175,38 @@ def test_kernel_unpacks_our_concatenation_and_loads_a_module(
     assert_booted_with_modules(log, kernel.release, min_modules)
 
 
-def test_plain_cat_without_padding_breaks_where_inspect_says(
-    kernel: debian.Kernel, parts: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize(
+    ("first", "kernel_says", "inspect_says"),
+    [
+        # fit.md §5: a raw archive right after an odd-length gzip part is not 4-byte aligned.
+        (
+            "subset.odd.gz",
+            "Initramfs unpacking failed: invalid magic at start of compressed archive",
+            "raw archive starts at an offset not a multiple of 4",
+        ),
+        # lz4 legacy has no end mark: unlz4 reads the next part as one more chunk, even when
+        # it is 4-byte aligned, unless a zero word follows the stream.
+        (
+            "subset.lz4",
+            "Initramfs unpacking failed: Decoding failed",
+            "must start with 4 NUL bytes",
+        ),
+    ],
+)
+def test_plain_cat_breaks_the_kernel_where_inspect_says(
+    first: str,
+    kernel_says: str,
+    inspect_says: str,
+    kernel: debian.Kernel,
+    parts: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
-    odd, init = parts["subset.odd.gz"], parts["init"]
+    head, init = parts[first].read_bytes(), parts["init"].read_bytes()
     initrd = tmp_path / "cat-initrd"
-    initrd.write_bytes(odd.read_bytes() + init.read_bytes())
-    with pytest.raises(cpio.CpioError, match=rf"offset {odd.stat().st_size}: raw archive starts"):
+    # What a naive tool (or barebox joining FIT ramdisks) does: align to 4 at most.
+    initrd.write_bytes(head + (b"\0" * (-len(head) % 4) if first.endswith("lz4") else b"") + init)
+    with pytest.raises(cpio.CpioError, match=inspect_says):
         cpio.inspect(initrd)
     log = boot(kernel, initrd)
-    assert "Initramfs unpacking failed: invalid magic at start of compressed archive" in log, log
+    assert kernel_says in log, log
     assert MARKER not in log, log
