@@ -550,12 +550,16 @@ def _tool_stream(
     """Decompress ``length`` bytes at ``start`` through Debian's tool, as a bounded stream."""
     if start + length > file_size:
         raise CpioError(f"{where}: {kind} stream is truncated (the file ends at {file_size})")
-    proc = subprocess.Popen(
-        _DECOMPRESS_TOOLS[kind],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    try:
+        proc = subprocess.Popen(
+            _DECOMPRESS_TOOLS[kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError:
+        tool = _DECOMPRESS_TOOLS[kind][0]
+        raise CpioError(f"{where}: reading {kind} needs the {tool} tool, not installed") from None
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     stdin = proc.stdin
 
@@ -801,6 +805,14 @@ def _write_parts(parts: Sequence[tuple[Path, str | None]], out_fd: int) -> list[
     return placed
 
 
+def _temp_beside(out: Path) -> tuple[int, str]:
+    """A new temporary file in ``out``'s folder, to be renamed over ``out`` once complete."""
+    try:
+        return tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as err:
+        raise CpioError(f"{out}: cannot write: {err.strerror or err}") from None
+
+
 def concat(parts: Sequence[Path], out: Path | BinaryIO) -> list[PartInfo]:
     """Concatenate CPIO parts (raw or compressed) into one initrd the kernel unpacks fully.
 
@@ -811,17 +823,19 @@ def concat(parts: Sequence[Path], out: Path | BinaryIO) -> list[PartInfo]:
         raise CpioError("no parts to concatenate")
     checked = [(Path(p), check_part(Path(p))) for p in parts]
     if isinstance(out, Path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        fd, tmp = _temp_beside(out)
         try:
             placed = _write_parts(checked, fd)
             os.fchmod(fd, 0o644)
             os.close(fd)
             fd = -1
             os.replace(tmp, out)
-        except BaseException:
+        except BaseException as err:
             if fd >= 0:
                 os.close(fd)
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise CpioError(f"{out}: cannot write: {err.strerror or err}") from None
             raise
         return placed
     out.flush()
@@ -864,6 +878,7 @@ class _Compressing:
         self._obj: zlib._Compress | lzma.LZMACompressor | bz2.BZ2Compressor | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
+        self._failure: OSError | None = None  # a write error met by the pump thread
         self.written = 0
         if kind is None:
             return
@@ -892,7 +907,12 @@ class _Compressing:
 
         def pump() -> None:
             while chunk := stdout.read(_CHUNK):
-                self._out.write(chunk)
+                if self._failure is not None:
+                    continue  # keep draining so the tool never blocks on a full pipe
+                try:
+                    self._out.write(chunk)
+                except OSError as err:
+                    self._failure = err
 
         self._pump = threading.Thread(target=pump, daemon=True)
         self._pump.start()
@@ -914,6 +934,8 @@ class _Compressing:
             assert self._proc.stdin is not None and self._pump is not None
             self._proc.stdin.close()
             self._pump.join()
+            if self._failure is not None:
+                raise self._failure
             if self._proc.wait() != 0:
                 raise CpioError(f"{self._kind} compression failed (status {self._proc.returncode})")
         elif self._obj is not None:
@@ -1067,14 +1089,16 @@ def _write_archive(members: Iterable[_Member], out: Path | BinaryIO, compress: s
         sink.close()
 
     if isinstance(out, Path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        fd, tmp = _temp_beside(out)
         try:
             with os.fdopen(fd, "wb") as stream:
                 emit(stream)
                 os.fchmod(stream.fileno(), 0o644)
             os.replace(tmp, out)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise CpioError(f"{out}: cannot write: {err.strerror or err}") from None
             raise
     else:
         emit(out)

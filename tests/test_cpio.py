@@ -565,3 +565,11 @@ def test_a_raw_archive_at_an_unaligned_offset_is_refused(ours: Path, tmp_path: P
         CpioError, match=rf"^{re.escape(str(bad))}: offset 2: data after leading NULs"
     ):
         cpio.concat([bad], tmp_path / "out")
+
+
+def test_an_unwritable_output_is_a_cpio_error(ours: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "initrd"
+    with pytest.raises(CpioError, match=rf"^{re.escape(str(missing))}: cannot write"):
+        cpio.concat([ours], missing)
+    with pytest.raises(CpioError, match=rf"^{re.escape(str(missing))}: cannot write"):
+        cpio.init_cpio_from_dir(tmp_path, missing)
