@@ -332,6 +332,18 @@ def _read_archive(
             data = cur.read(header.filesize)
             got = len(data)
             target = os.fsdecode(data.rstrip(b"\0"))
+        elif header.magic == MAGIC_CRC and stat.S_ISREG(header.mode):
+            # The kernel checks the "crc" variant's sum of data bytes (do_copy/do_close in
+            # init/initramfs.c) and fails on a mismatch: "bad data checksum".
+            got, total = 0, 0
+            while got < header.filesize:
+                chunk = cur.read(min(_CHUNK, header.filesize - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+                total += sum(chunk)
+            if got == header.filesize and total & 0xFFFFFFFF != header.check:
+                raise CpioError(f"{where(at)}: {name!r}: bad data checksum")
         else:
             got = cur.skip(header.filesize)
         if got < header.filesize:

@@ -573,3 +573,16 @@ def test_an_unwritable_output_is_a_cpio_error(ours: Path, tmp_path: Path) -> Non
         cpio.concat([ours], missing)
     with pytest.raises(CpioError, match=rf"^{re.escape(str(missing))}: cannot write"):
         cpio.init_cpio_from_dir(tmp_path, missing)
+
+
+def test_the_crc_variants_data_checksum_is_checked_like_the_kernel_does(
+    tree: Path, tmp_path: Path
+) -> None:
+    archive = gnu_archive(tree, tmp_path / "gnu.crc", "crc")
+    data = bytearray(archive.read_bytes())
+    entry = next(e for e in cpio.entries(archive) if e.name == "etc/conf.d/a b@c=ü.conf")
+    data[data.index(b"x" * 4097)] = ord("y")  # one byte of that file's data
+    bad = tmp_path / "bad.crc"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CpioError, match=rf"offset {entry.offset}: .*: bad data checksum"):
+        cpio.inspect(bad)
