@@ -70,7 +70,9 @@ class Catalog:
                 entries[name] = self.entries[name]
                 retired[name] = since
         for name, entry in self.entries.items():
-            if name not in fresh and name not in retired and name in keepable:
+            # Names that were current until now start their grace period; names already
+            # retired (kept above, or expired) never start a new one.
+            if name not in fresh and name not in self.retired and name in keepable:
                 entries[name] = entry
                 retired[name] = now
         return Catalog(entries, self.version + 1, retired)

@@ -139,7 +139,23 @@ class OverridedService:
             async with self._lock:  # never while a refresh's thread changes the renders
                 self._publish()  # drops expired retired names
                 live = self.catalog.digests()
-                await asyncio.to_thread(self.store.collect, live, self.settings.grace)
+                # FITs we built from Image + DTBs are inputs, not served: keep them too.
+                live |= {
+                    b.fit.name
+                    for b in self._builds.values()
+                    if b.fit is not None and b.fit.parent == self.store.blobs
+                }
+                try:
+                    deleted = await asyncio.to_thread(self.store.collect, live, self.settings.grace)
+                except OSError as err:  # keep collecting later whatever happened now
+                    log.error("store: collection failed: %s", err)
+                    continue
+                if deleted:
+                    log.info(
+                        "store: deleted %d blobs unserved for %gs",
+                        len(deleted),
+                        self.settings.grace,
+                    )
 
     # --- the pipeline -------------------------------------------------------------------------
 
@@ -277,8 +293,12 @@ class OverridedService:
             self._board_info.pop(gone, None)
         for board in self._boards:
             self._render_one(board)
-        # Hostname-only boards that were asked for before: follow the new build at once.
+        # Hostname-only boards that were asked for before: follow the new build at once;
+        # a board file written for one since takes over its names.
+        claimed = {(b.user, b.hostname) for b in self._boards}
         with self._unknown_lock:
+            for key in claimed & set(self._unknown):
+                del self._unknown[key]
             asked = list(self._unknown)
         for user, host in asked:
             self._resolve_unknown(user, host, self.ctx)
@@ -287,8 +307,9 @@ class OverridedService:
         entries: list[Entry] = []
         versioned: set[str] = set()
         rendered = [(n, r) for n, r in self._rendered.items()]
+        claimed = {(b.user, b.hostname) for b in self._boards}
         with self._unknown_lock:
-            unknown = list(self._unknown.values())
+            unknown = [u for k, u in self._unknown.items() if k not in claimed]
         rendered += [(u.rendered.info.name, u.rendered) for u in unknown if u.rendered is not None]
         for board, r in rendered:
             for name, digest in r.names.items():

@@ -240,3 +240,36 @@ def test_keys_inside_a_served_folder_refuse_to_start(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "must never sit below a served folder" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_replaced_artifacts_leave_after_the_grace_period(
+    tmp_path: Path, fits: tuple[Path, Path]
+) -> None:
+    srv = Served(tmp_path, extra=["--grace", "1"])
+    (srv.boards / "a.toml").write_text('build = "b1"\n' + BOARD_A)
+    drop_build(srv.builds, "b1", fits[0])
+    # A second build made of a kernel Image and DTBs: its FIT is built into the store and
+    # must survive garbage collection although no name serves it directly.
+    img = srv.builds / "img"
+    img.mkdir()
+    shutil.copy(fits[0].parent / "Image", img / "Image")
+    shutil.copy(fits[0].parent / "fdt-b.dtb", img / "fdt-b.dtb")
+    (srv.boards / "b.toml").write_text('compatible = ["v,board-b"]\nbuild = "img"\n')
+    with srv:
+        old = script_vars(srv.tftp_get("afa-devboot-board-a"))["devboot_image"]
+        blobs = srv.store / "blobs"
+        assert any(p.name.startswith(old[-12:]) for p in blobs.iterdir())
+        drop_build(srv.builds, "b1", fits[1])
+        wait_script(srv, "afa-devboot-board-a", r"(?s)^(?!.*" + old + ")")
+        srv.wait_for(lambda: srv.served(old) is None, what="old FIT name retired")
+        srv.wait_for(
+            lambda: not any(p.name.startswith(old[-12:]) for p in blobs.iterdir()),
+            what="old FIT blob collected",
+        )
+        # Collections have run past the grace period: the Image build's FIT must still be
+        # there, so its board renders again (a board file change forces a new render).
+        (srv.boards / "b.toml").write_text(
+            'compatible = ["v,board-b"]\nbuild = "img"\nuser = "u"\n'
+        )
+        script = wait_script(srv, "u-devboot-board-b", "# build img, configuration ")
+        assert srv.served(script_vars(script)["devboot_image"]) is not None

@@ -160,6 +160,11 @@ async def serve(settings: Settings) -> None:
         http_port = sockets[0].getsockname()[1] if sockets else settings.http_port
         if settings.public_url is None:
             service.ctx.http_base = _http_base(settings, http_port)
+            if settings.http_addr in ("", "0.0.0.0", "::"):
+                log.info(
+                    "HTTP URLs in iPXE scripts use %s; pass --public-url for remote boards",
+                    service.ctx.http_base,
+                )
 
     try:
         await service.start()
