@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +132,86 @@ def test_real_client_sees_file_not_found(
     argv = argv_of(server.port, tmp_path / "x")  # type: ignore[operator]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert error.lower() in f"{proc.stdout}{proc.stderr}exit {proc.returncode}".lower()
+
+
+def test_ipv6_loopback_with_curl(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").write_bytes(os.urandom(5000))
+    with ServerThread(root, host="::1") as server:
+        out = tmp_path / "got"
+        url = f"tftp://[::1]:{server.port}/f"
+        proc = subprocess.run(
+            ["curl", "-sS", "--tftp-blksize", "1432", "-o", str(out), url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == (root / "f").read_bytes()
+        (record,) = server.observer.wait_finished(1)
+        assert record.client.startswith("[::1]:")
+
+
+def test_cli_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from overrided.cli import main
+
+    assert main(["tftp", "serve", str(tmp_path / "nope"), "--port", "0"]) == 1
+    assert "nope: not a directory" in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_caps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from overrided.cli import main
+
+    assert main(["tftp", "serve", str(tmp_path), "--max-blksize", "70000"]) == 1
+    assert "max blksize 70000 is outside 8..65464" in capsys.readouterr().err
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/self/status")
+
+
+def _transfer_children_hwm() -> list[int]:
+    """Peak RSS (KiB) of this process's forked children: the running transfers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("PPid") == str(os.getpid()) and fields.get("Name") != "curl":
+            found.append(int(fields.get("VmHWM", "0 kB").split()[0]))
+    return found
+
+
+def test_rss_stays_flat_with_concurrent_big_reads(
+    served: tuple[ServerThread, Path], tmp_path: Path
+) -> None:
+    """Blocks are read from the file per window: four 40 MiB reads at once copy no file.
+
+    Each transfer runs in a process forked from this one, so its RSS starts at ours (and it
+    inherits our peak, hence the reset); it must not grow by anything like the file's size.
+    """
+    server, _ = served
+    Path("/proc/self/clear_refs").write_text("5")  # reset our peak RSS, which children copy
+    base = _status_kib("VmRSS")
+    procs = [
+        subprocess.Popen(
+            curl(server.port, "big40m", tmp_path / f"got{i}", 1432), stderr=subprocess.PIPE
+        )
+        for i in range(4)
+    ]
+    peaks: list[int] = []
+    while any(p.poll() is None for p in procs):
+        peaks += _transfer_children_hwm()
+        time.sleep(0.05)
+    assert [p.returncode for p in procs] == [0, 0, 0, 0]
+    assert peaks, "no transfer process was seen running"
+    # one copy of the file would be 40960 KiB; window buffers stay far below that
+    assert max(peaks) - base < 16 * 1024, (base, max(peaks))

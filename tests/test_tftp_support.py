@@ -45,10 +45,13 @@ class RecordingObserver:
 
 
 class ServerThread:
-    """A ``TftpServer`` on 127.0.0.1 with its own event loop in a thread (a context manager)."""
+    """A ``TftpServer`` on loopback with its own event loop in a thread (a context manager)."""
 
-    def __init__(self, namespace: Namespace | Path, **options: Any) -> None:
+    def __init__(
+        self, namespace: Namespace | Path, host: str = "127.0.0.1", **options: Any
+    ) -> None:
         self.namespace = FolderNamespace(namespace) if isinstance(namespace, Path) else namespace
+        self.host = host
         self.options = options
         self.observer = RecordingObserver()
         self.port = 0
@@ -59,7 +62,7 @@ class ServerThread:
     def __enter__(self) -> ServerThread:
         self._thread.start()
         self.server = TftpServer(self.namespace, self.observer, **self.options)
-        self.call(self.server.start("127.0.0.1", 0))
+        self.call(self.server.start(self.host, 0))
         self.port = self.server.port
         return self
 

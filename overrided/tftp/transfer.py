@@ -1,26 +1,21 @@
 """One read transfer: its own UDP socket (TID), windows of DATA, ACK handling, retransmits.
 
-Each transfer runs on a thread of its own with a blocking socket whose receive timeout
+``ReadTransfer.run`` serves one request to its end with a blocking socket whose receive timeout
 (``SO_RCVTIMEO``) is the retransmission timer, so an ACK costs one ``recvfrom``, one ``preadv``
 of exactly the next window straight into a reused packet buffer (headers sit in gaps between
 the payloads, so nothing is copied) and one ``sendto`` per block: no event-loop round, no timer
-object, no exception per packet. Measured on loopback at window 1 this costs about 11 µs of
-CPU per block against 25-30 µs as asyncio ``add_reader`` callbacks (18-23 µs with uvloop); the
-syscalls release the GIL, so transfers run side by side. Only the start and the final report
-touch the event loop.
+object, no exception per packet. The server runs it in a process of its own (see
+``server.py`` for why); nothing here touches the event loop, logging or the observer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import socket
 import struct
-import threading
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 from overrided.served import OpenBlob, Outcome, Transfer, TransferObserver
@@ -154,35 +149,29 @@ def report(record: Transfer, observer: TransferObserver) -> None:
 
 
 class ReadTransfer:
-    """A read request served from its own socket and thread until the last ACK, ERROR or timeout.
+    """A read request served from its own socket until the last ACK, an ERROR or a timeout.
 
-    ``run`` is the thread's body; ``cancel`` may be called from the event loop. The end is
-    reported on the loop (``on_done`` then the log line and the observer).
+    ``run`` blocks until the end and leaves the outcome in ``record``; ``cancel`` (from a
+    signal handler) makes it end within one timer tick.
     """
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         peer: tuple[object, ...],
         source: Source,
         granted: Negotiated,
         record: Transfer,
-        observer: TransferObserver,
         *,
         timeout: float,
         retries: int,
         max_stall: float,
-        on_done: Callable[[ReadTransfer], None],
     ) -> None:
-        self.loop = loop
         self.sock = sock
         self.peer = peer
         self.source = source
         self._readinto = source.readinto
         self.record = record
-        self.observer = observer
-        self.on_done = on_done
         self.blksize = granted.blksize
         self.window = granted.windowsize
         self.oack = encode_oack(granted.oack) if granted.oack else b""
@@ -212,12 +201,8 @@ class ReadTransfer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Serve on a new thread."""
-        threading.Thread(target=self.run, name=f"tftp {self.record.client}", daemon=True).start()
-
     def run(self) -> None:
-        """Send the OACK (RFC 2347) or the first window (RFC 1350), then answer ACKs."""
+        """Send the OACK (RFC 2347) or the first window (RFC 1350), then answer ACKs to the end."""
         sock = self.sock
         try:
             sock.setblocking(True)
@@ -232,7 +217,6 @@ class ReadTransfer:
                 self._send_window(1)
             self._serve()
         except Exception as err:  # never leave a transfer unreported
-            log.exception("tftp transfer crashed")
             self._finish("failed", f"internal error: {err!r}")
 
     def _serve(self) -> None:
@@ -249,7 +233,7 @@ class ReadTransfer:
                     return
                 data, addr = b"", self.peer
             if self._cancelled:
-                self._finish("aborted", self._cancelled)
+                self._on_timer()
                 return
             if addr != self.peer:
                 # RFC 1350 section 4: a packet from a foreign TID gets ERROR 5 and does not
@@ -267,16 +251,10 @@ class ReadTransfer:
                 self._on_timer()  # packets keep coming but none moves the transfer on
 
     def cancel(self, reason: str) -> None:
-        """End the transfer soon (server shutting down): tell the client, wake the thread."""
-        if self.done or self._cancelled:
-            return
+        """Make ``run`` end soon with outcome ``aborted`` (safe from a signal handler)."""
         self._cancelled = reason
-        self._send_error(ErrorCode.UNDEFINED, reason)
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # makes the blocked recvfrom return
 
     def _finish(self, outcome: Outcome, reason: str = "") -> None:
-        """Close the transfer on its thread, then report it on the event loop."""
         if self.done:
             return
         self.done = True
@@ -287,14 +265,6 @@ class ReadTransfer:
         rec.reason = reason
         rec.duration = time.monotonic() - self._t0
         rec.sent = min(self.size, max(self.last_sent, 0) * self.blksize)
-        try:
-            self.loop.call_soon_threadsafe(self._report)
-        except RuntimeError:  # the loop is gone (interpreter shutting down): report here
-            report(rec, self.observer)
-
-    def _report(self) -> None:
-        self.on_done(self)
-        report(self.record, self.observer)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -395,6 +365,7 @@ class ReadTransfer:
         if self.done:
             return
         if self._cancelled:
+            self._send_error(ErrorCode.UNDEFINED, self._cancelled)
             self._finish("aborted", self._cancelled)
             return
         now = time.monotonic()
