@@ -187,16 +187,20 @@ def _parts_key(kind: str, parts: Sequence[Path], *extra: str | None) -> str:
     return hashlib.sha256("\0".join(ids).encode()).hexdigest()
 
 
-def initrd_key(parts: Sequence[Path]) -> str:
-    """The render-cache key of the initrd made of ``parts``."""
-    return _parts_key("initrd", parts)
+def initrd_key(digests: Sequence[str]) -> str:
+    """The render-cache key of the initrd made of parts with these content digests.
+
+    Content, not fingerprints: a new build folder holding the same modules CPIO reuses the
+    initrd (``FileDigests`` compares such a copy with the known file instead of hashing it).
+    """
+    return hashlib.sha256("\0".join(["initrd", RENDER_VERSION, *digests]).encode()).hexdigest()
 
 
 def _initrd_blob(store: Store, parts: Sequence[Path]) -> str:
     """The initrd of ``parts`` as a blob (cached: a new kernel with the same modules reuses it)."""
     from overrided.cpio import concat
 
-    key = initrd_key(parts)
+    key = initrd_key([store.digests.of(p) for p in parts])
     cached = store.cached(key)
     if cached is not None:
         return str(cached["blobs"]["initrd"])

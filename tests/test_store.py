@@ -114,3 +114,28 @@ def test_catalog_is_immutable(tmp_path: Path) -> None:
     cat = Catalog({"a": entry(store, "a", b"a")})
     with pytest.raises(TypeError):
         cat.entries["b"] = cat.entries["a"]  # type: ignore[index]
+
+
+def test_a_copy_of_a_known_file_is_compared_not_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overrided import store as store_mod
+
+    digests = store_mod.FileDigests()
+    data = bytes(range(256)) * 8192  # 2 MiB: big enough to be worth comparing
+    first, copy, other = tmp_path / "a.cpio", tmp_path / "b.cpio", tmp_path / "c.cpio"
+    first.write_bytes(data)
+    copy.write_bytes(data)
+    other.write_bytes(data[:-1] + b"\x00")  # same size, one byte differs
+    hashed: list[Path] = []
+    real = store_mod.digest_of_file
+    monkeypatch.setattr(store_mod, "digest_of_file", lambda p: hashed.append(p) or real(p))
+    expected = hashlib.sha256(data).hexdigest()
+    assert digests.of(first) == expected
+    assert digests.of(copy) == expected
+    assert digests.of(other) == hashlib.sha256(data[:-1] + b"\x00").hexdigest()
+    assert hashed == [first, other]  # the equal copy was compared, not hashed
+    assert digests.of(copy) == expected and hashed == [first, other]  # then remembered
+    assert digests.peek(copy) == expected
+    copy.write_bytes(b"changed")
+    assert digests.peek(copy) is None  # peek never reads a changed file
