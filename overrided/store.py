@@ -48,29 +48,12 @@ def fingerprint(path: Path) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def same_bytes(a: Path, b: Path) -> bool:
-    """Whether two files hold the same bytes (sizes must already be equal)."""
-    with a.open("rb") as fa, b.open("rb") as fb:
-        while True:
-            # memcmp of big chunks: several times faster than hashing the same bytes.
-            ca, cb = fa.read(_COMPARE_CHUNK), fb.read(_COMPARE_CHUNK)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
-
-
-_COMPARE_CHUNK = 8 << 20
-# Files at least this big are compared with a known file of the same size before hashing.
-_COMPARE_MIN = 1 << 20
-
-
 class FileDigests:
     """sha256 of input files, remembered by (path, size, mtime, inode): a re-hash costs a stat.
 
-    A new file (say a new build folder's copy of an unchanged 300 MB modules CPIO) is first
-    compared with known files of the same size: equal bytes have the same digest, and comparing
-    is several times cheaper than hashing.
+    (Comparing a new copy with a known file of the same size instead of hashing it was tried:
+    sha256 with the CPU's SHA instructions reads 296 MB in 0.2 s, a byte comparison of two such
+    files takes 0.3 to 0.8 s, because it reads twice as much.)
     """
 
     def __init__(self) -> None:
@@ -89,7 +72,7 @@ class FileDigests:
             known = self._known.get(path)
         if known and known[0] == sig:
             return known[1]
-        digest = self._same_as_known(path, sig) or digest_of_file(path)
+        digest = digest_of_file(path)
         if self._signature(path) != sig:
             # Written while we read it: do not remember a digest of moving bytes.
             return digest_of_file(path)
@@ -106,21 +89,6 @@ class FileDigests:
         with self._lock:
             known = self._known.get(path)
         return known[1] if known and known[0] == sig else None
-
-    def _same_as_known(self, path: Path, sig: tuple[int, int, int]) -> str | None:
-        if sig[0] < _COMPARE_MIN:
-            return None
-        with self._lock:
-            same_size = [(p, s, d) for p, (s, d) in self._known.items() if s[0] == sig[0]]
-        for other, other_sig, digest in reversed(same_size[-4:]):
-            try:
-                if other == path or self._signature(other) != other_sig:
-                    continue
-                if same_bytes(path, other) and self._signature(other) == other_sig:
-                    return digest
-            except OSError:
-                continue
-        return None
 
 
 class Store:
