@@ -169,3 +169,23 @@ def test_settings_defaults_are_the_repo_folders_and_unprivileged_ports() -> None
     assert (s.boards_dir, s.builds_dir) == (Path("boards"), Path("kernel-builds"))
     assert s.tftp_port == 6969 and s.http_port == 8080
     assert s.grace == 600.0
+
+
+def test_boards_check_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    boards = tmp_path / "boards"
+    write(boards, "a.toml", 'compatible = ["v,board-a"]\nuser = "afa"')
+    write(boards, "b.toml", 'compatible = ["v,board-b"]\nrule = "grub"')
+    cmd = [sys.executable, "-m", "overrided", "boards"]
+    check = subprocess.run(
+        [*cmd, "check", "--boards", str(boards)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 1
+    assert check.stdout.splitlines()[0].startswith("boards/b.toml: rule: Input should be")
+    assert check.stdout.splitlines()[-1] == "1 valid, 1 invalid"
+    ls = subprocess.run(
+        [*cmd, "ls", "--boards", str(boards)], capture_output=True, text=True, check=True
+    )
+    assert ls.stdout.splitlines()[0].split("\t")[:2] == ["a", "afa-devboot-board-a"]

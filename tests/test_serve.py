@@ -111,6 +111,11 @@ def test_devboot_script_and_everything_it_names(
         # No init CPIO: a modules-only initramfs would leave the kernel without /init.
         assert srv.served("afa-initramfs-board-a") is None
 
+        # curl's TFTP client gets the same bytes.
+        url = f"tftp://127.0.0.1:{srv.tftp_port}/{v['devboot_image']}"
+        got = subprocess.run(["curl", "-sS", "--max-time", "30", url], capture_output=True)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == fit_bytes
         # HTTP serves the same catalog.
         assert srv.http_get("/afa-devboot-board-a") == script
         assert srv.http_get("/" + v["devboot_image"]) == fit_bytes
