@@ -128,6 +128,7 @@ def inside(args: argparse.Namespace) -> int:
             )
         )  # fmt: skip
         time.sleep(1.5)
+        load_before = os.getloadavg()[0]
         rows: list[tuple[str, str, float, float]] = []  # case, client, hpa MB/s, ovd MB/s
 
         def pair(run: Callable[[int], float], nbytes: int) -> tuple[float, float]:
@@ -166,6 +167,7 @@ def inside(args: argparse.Namespace) -> int:
         for case, client, h, o in rows:
             print(f"{case:<30} {client:<7} {h:15.1f} {o:15.1f} {o / h:7.2f}")
         print("(windowsize rows: tftpd-hpa column is its window-1 figure at that blksize)")
+        print(f"load average: {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
         w1 = [o / h for case, c, h, o in rows if c == "ours" and case in (
             "window 1 blksize 1432", "window 1 blksize 1468")]  # fmt: skip
         print(f"ratio_vs_tftpd_hpa={min(w1):.2f}")

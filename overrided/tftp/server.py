@@ -166,7 +166,7 @@ class TftpServer:
                 await asyncio.wait_for(self._idle.wait(), grace)
         for transfer in list(self.transfers.values()):
             transfer.cancel("server shutting down")
-        if self.transfers:  # each thread reports its end through the loop; let it
+        if self.transfers:  # each child reports its end through its pipe; wait for that
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 2.0)
 
@@ -174,13 +174,13 @@ class TftpServer:
 
     def _on_readable(self) -> None:
         sock = self._sock
-        while sock is not None and sock.fileno() >= 0:
+        for _ in range(64):  # a bounded batch; readiness is level-triggered
+            if sock is None or sock.fileno() < 0:
+                return
             try:
                 data, anc, flags, addr = sock.recvmsg(2048, 128)
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # nothing left (EAGAIN), or an error queued on the socket
                 return
-            except OSError:
-                continue
             local = _local_address(anc) if self._wildcard else None
             try:
                 self._on_packet(data, flags, addr, local or self._host)

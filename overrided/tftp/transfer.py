@@ -5,7 +5,8 @@
 of exactly the next window straight into a reused packet buffer (headers sit in gaps between
 the payloads, so nothing is copied) and one ``sendto`` per block: no event-loop round, no timer
 object, no exception per packet. The server runs it in a process of its own (see
-``server.py`` for why); nothing here touches the event loop, logging or the observer.
+``server.py`` for why), so ``ReadTransfer`` touches no event loop, logging or observer;
+``describe`` and ``report`` are what the server calls on its loop when a transfer ends.
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ class ReadTransfer:
             try:
                 data, addr = sock.recvfrom(1024)
             except (BlockingIOError, TimeoutError, InterruptedError):
-                self._on_timer()  # SO_RCVTIMEO ran out: nothing came for ``timeout`` s
+                self._on_timer()  # SO_RCVTIMEO ran out: nothing came for a tick
                 continue
             except OSError as err:
                 if not self._cancelled:
