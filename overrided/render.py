@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from overrided.builds import Build, FitCache
+from overrided.builds import Build, FitCache, open_fit
 from overrided.clients import Artifacts, Renderer
 from overrided.config import Board, hostname_of
 from overrided.errors import OverridedError
@@ -157,13 +157,12 @@ def _sign_algo(key: object) -> str:
 
 def _render_fresh(board: Board, build: Build, ctx: RenderContext, key: str) -> dict[str, Any]:
     """Do the work: match, trim/sign, initrd, descriptions. Returns the cache record."""
-    from overrided.fit import Fit
 
     fits = ctx.fits
 
     def fit_opener(path: Path) -> AbstractContextManager[Fit]:
         # A FIT parsed during this refresh's index is reused, and stays open for the refresh.
-        return nullcontext(fits.open(path)) if fits is not None else Fit.open(path)
+        return nullcontext(fits.open(path)) if fits is not None else open_fit(path)
 
     # The initrd does not depend on the FIT: make it on another thread meanwhile (copying
     # and hashing release the GIL).
