@@ -110,7 +110,16 @@ def wait_for(port: int, dest: Path, changed_from: str | None, limit: float = 60.
     raise SystemExit(f"timed out waiting for a script naming a FIT other than {changed_from}")
 
 
-def bench_overrided(fit: Path, mods: Path, runs: int, work: Path, scenario: str) -> list[float]:
+def stages(log: str) -> tuple[list[float], list[float]]:
+    """Index and render durations, in order, from the service's log."""
+    index = [float(x) for x in re.findall(r"indexed in ([0-9.]+)s", log)]
+    render = [float(x) for x in re.findall(r"\(rendered in ([0-9.]+)s\)", log)]
+    return index, render
+
+
+def bench_overrided(
+    fit: Path, mods: Path, runs: int, work: Path, scenario: str
+) -> tuple[list[float], list[float], list[float]]:
     """``new``: each run is a new build folder with FIT and modules; ``rebuild``: the FIT of
     one build folder is rewritten in place (as ``make image.fit`` does), modules untouched."""
     fit_bytes = fit.read_bytes()
@@ -130,7 +139,9 @@ def bench_overrided(fit: Path, mods: Path, runs: int, work: Path, scenario: str)
             times.append(time.perf_counter() - t0)
             if scenario == "new" and run >= 2:  # keep the disk bounded: two builds at a time
                 shutil.rmtree(folder(run - 2))
-    return times
+        index, render = stages(srv.log())
+    # The last successful index and render of each run (a FIT caught mid-write fails first).
+    return times, index[-runs:], render[-runs:]
 
 
 def bench_tftpd_hpa(fit: Path, mods: Path, runs: int, work: Path, scenario: str) -> list[float]:
@@ -164,14 +175,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         work = Path(tmp)
         for scenario in ("rebuild", "new"):
-            ours = bench_overrided(fit, mods, args.runs, work, scenario)
+            ours, index, render = bench_overrided(fit, mods, args.runs, work, scenario)
             peer = bench_tftpd_hpa(fit, mods, args.runs, work, scenario)
             print(f"\nscenario {scenario}: " + SCENARIOS[scenario])
-            print(f"{'run':>4} {'overrided s':>12} {'tftpd-hpa s':>12}")
+            print(
+                f"{'run':>4} {'overrided s':>12} {'(index s':>9} {'render s)':>9}"
+                f" {'tftpd-hpa s':>12}"
+            )
             for i, (a, b) in enumerate(zip(ours, peer, strict=True), 1):
-                print(f"{i:>4} {a:>12.3f} {b:>12.3f}")
+                ix = f"{index[i - 1]:.3f}" if i <= len(index) else "-"
+                rd = f"{render[i - 1]:.3f}" if i <= len(render) else "-"
+                print(f"{i:>4} {a:>12.3f} {ix:>9} {rd:>9} {b:>12.3f}")
             medians[scenario] = (statistics.median(ours), statistics.median(peer))
-            print(f"{'med':>4} {medians[scenario][0]:>12.3f} {medians[scenario][1]:>12.3f}")
+            print(
+                f"{'med':>4} {medians[scenario][0]:>12.3f} {'':>19} {medians[scenario][1]:>12.3f}"
+            )
             os.sync()
     for scenario, (mo, _) in medians.items():
         met = "yes" if mo <= 0.5 else "no"

@@ -262,7 +262,7 @@ class OverridedService:
         self._board_info[board.name] = info
         if previous is None or previous.names != r.names:
             log.info(
-                "board %s (%s-devboot-%s): build %s, %s: %s%s",
+                "board %s (%s-devboot-%s): build %s, %s: %s%s (rendered in %.3fs)",
                 board.name,
                 board.user,
                 board.hostname,
@@ -270,6 +270,7 @@ class OverridedService:
                 info.configuration,
                 info.reason,
                 "".join(f"; warning: {w}" for w in info.warnings),
+                time.monotonic() - t0,
             )
             self.events.publish(
                 Event(
