@@ -309,14 +309,19 @@ class TftpServer:
         """Run ``transfer`` in a child process; its record comes back through a pipe."""
         assert self._loop is not None
         rfd, wfd = os.pipe()
+        # Signals stay blocked across the fork until the child has dropped the parent's
+        # handlers: one delivered in between would reach the parent loop's wake-up pipe.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_SIGNALS)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(rfd)
             os.close(wfd)
             raise
         if pid == 0:  # pragma: no cover - the child never returns
-            _child_main(transfer, rfd, wfd, self._sock)
+            _child_main(transfer, rfd, wfd, self._sock, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(wfd)
         transfer.sock.close()  # the child has its own copies of both
         transfer.source.close()
@@ -400,8 +405,15 @@ class _Child:
             os.kill(self.pid, signal.SIGTERM)
 
 
+_CHILD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
+
+
 def _child_main(
-    transfer: ReadTransfer, rfd: int, wfd: int, listening: socket.socket | None
+    transfer: ReadTransfer,
+    rfd: int,
+    wfd: int,
+    listening: socket.socket | None,
+    mask: set[int | signal.Signals],
 ) -> None:
     """Body of a transfer's process: serve, write the result to the pipe, exit."""
     status = 0
@@ -413,7 +425,10 @@ def _child_main(
             signal.set_wakeup_fd(-1)  # the parent loop's wake-up pipe is not ours
         with contextlib.suppress(ValueError, OSError):
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent cancels us
+            for sig in _CHILD_SIGNALS - {signal.SIGINT, signal.SIGTERM}:
+                signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, lambda *_: transfer.cancel("server shutting down"))
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         transfer.run()
         rec = transfer.record
         result = {
