@@ -214,21 +214,23 @@ def test_no_usable_option_means_no_oack(server: ServerThread, options: dict[str,
 
 
 def test_barebox_probe_sequence(server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
-    """barebox stats each file: RRQ blksize 512 + tsize, OACK, ACK 0, DATA 1, ERROR 0 ""."""
+    """barebox's lookup of each file (fs/tftp.c): RRQ with timeout 5, blksize 512 and tsize;
+    OACK; ACK 0; DATA 1 arrives; the client closes with ERROR 0 and an empty message."""
     caplog.set_level(logging.INFO, logger="overrided.tftp")
     client = RawClient(server.port)
-    client.request("big", {"blksize": "512", "tsize": "0"})
+    client.request("big", {"timeout": "5", "blksize": "512", "tsize": "0"})
     oack = client.recv()
-    assert parse_oack(oack) == {"blksize": "512", "tsize": str(len(BIG))}
+    assert parse_oack(oack) == {"timeout": "5", "blksize": "512", "tsize": str(len(BIG))}
     client.send(encode_ack(0))
     data = client.recv()
     assert data[:4] == b"\x00\x03\x00\x01" and data[4:] == BIG[:512]
-    client.send(b"\x00\x05\x00\x00\x00")
+    # barebox's tftp_do_close: six bytes, opcode 5, code 0, an empty message and one more NUL
+    client.send(b"\x00\x05\x00\x00\x00\x00")
     assert client.recv_all(quiet=0.5) == []  # dropped at once: no retransmissions follow
     client.close()
     (record,) = server.observer.wait_finished(1)
     assert record.outcome == "probe"
-    assert record.options == {"blksize": "512", "tsize": str(len(BIG))}
+    assert record.options == {"timeout": "5", "blksize": "512", "tsize": str(len(BIG))}
     assert [r.levelno for r in caplog.records if "outcome=" in r.message] == [logging.INFO]
     assert "outcome=probe" in caplog.text
     wait_until(lambda: server.run(lambda: not server.server.transfers))  # type: ignore[union-attr]
