@@ -326,6 +326,8 @@ def _render_with(
         + f", configuration {m.config}"
         + (f" ({description})" if description else "")
         + f", {m.reason}, rendered {stamp}"
+        # Warnings ride along into every description's header, where people read them.
+        + "".join(f"; warning: {w}" for w in warnings)
     )
     a = Artifacts(
         board=board.name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,24 @@ def test_signed_board_gets_a_signed_fit_and_forced_boards_a_warning(
     report = verify(fit_bytes, public_key_of(ctx.keys_dir, "lab"))
     assert report.ok, report.lines()
     assert FORCED_SIGNING_WARNING in r.info.warnings
+    # The script says so too: with signed images forced, barebox ignores it.
+    assert f"warning: {FORCED_SIGNING_WARNING}" in script_of(r, ctx).splitlines()[1]
+
+
+def test_overlays_are_served_and_applied_on_top(setup: tuple[Build, RenderContext]) -> None:
+    build, ctx = setup
+    overlay = ctx.boards_dir / "overlays" / "spi.dtbo"
+    overlay.parent.mkdir()
+    source = overlay.with_suffix(".dts")
+    source.write_text("/dts-v1/;\n/plugin/;\n&{/} { spi-enabled; };\n")
+    subprocess.run(["dtc", "-q", "-@", "-I", "dts", "-O", "dtb", "-o", overlay, source], check=True)
+    board = Board(name="a", compatible=["v,board-a"], oftree=["overlays/spi.dtbo"], initrd=None)
+    r = render_board(board, [build], ctx)
+    name = r.info.artifacts["overlay"]
+    assert re.fullmatch(r"none-overlay-board-a-[0-9a-f]{12}", name)
+    assert blob(ctx, r.names[name]) == overlay.read_bytes()
+    # Keep the DTB the FIT brings, apply the overlay on top: barebox's leading colon.
+    assert f'devboot_oftree=":{name}"' in script_of(r, ctx).splitlines()
 
 
 def test_every_format_the_board_asks_for(setup: tuple[Build, RenderContext]) -> None:
@@ -158,8 +177,6 @@ def test_modules_under_usr_lib_are_warned_about(tmp_path: Path, sample: Path) ->
     # Re-root the same archive under usr/ with GNU cpio: what INSTALL_MOD_PATH=usr gives.
     tree = tmp_path / "tree"
     (tree / "usr").mkdir(parents=True)
-    import subprocess
-
     subprocess.run(["cpio", "-idm", "--quiet"], stdin=cpio.open("rb"), cwd=tree / "usr", check=True)
     names = "\n".join(sorted(str(p.relative_to(tree)) for p in tree.rglob("*")))
     with (folder / "modules-6.19.0-arm64.cpio").open("wb") as out:
