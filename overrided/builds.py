@@ -119,6 +119,26 @@ def release_of_modules_name(name: str) -> str | None:
     return rest
 
 
+_MODULES_DIR = re.compile(r"^(?:\./)?(?:usr/)?lib/modules/([^/]+)(?:/|$)")
+
+
+def release_in_modules_cpio(path: Path, *, look: int = 64) -> str | None:
+    """The release a modules CPIO holds modules for: ``lib/modules/<release>/`` in its first
+    entries (``usr/lib/modules`` too). Reading stops after ``look`` entries."""
+    from overrided.cpio import CpioError, entries
+
+    try:
+        for i, entry in enumerate(entries(path)):
+            m = _MODULES_DIR.match(entry.name)
+            if m:
+                return m.group(1)
+            if i >= look:
+                break
+    except (CpioError, OSError):
+        return None
+    return None
+
+
 def _newest(paths: Iterable[Path]) -> float:
     return max((p.stat().st_mtime for p in paths), default=0.0)
 
@@ -325,8 +345,10 @@ def _index(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache |
     configs, fit_arch, _ = configurations_of(fit, fits)
     arch = arch or fit_arch
     if release is None:
+        # The archive's own lib/modules/<release>/ is authoritative; the file name is a guess
+        # (modules-<release>-<arch>.cpio, and a release may itself end in an arch).
         for m in inputs.modules:
-            release = release_of_modules_name(m.name)
+            release = release_in_modules_cpio(m) or release_of_modules_name(m.name)
             if release:
                 break
     return Build(

@@ -16,6 +16,7 @@ from overrided.builds import (
     find_inputs,
     index_build,
     latest,
+    release_in_modules_cpio,
     release_of_modules_name,
     watch,
 )
@@ -65,6 +66,26 @@ def modules_cpio(out: Path, release: str) -> Path:
 )
 def test_release_from_modules_file_name(name: str, release: str | None) -> None:
     assert release_of_modules_name(name) == release
+
+
+@pytest.mark.parametrize("compress", [None, "gzip", "zstd"])
+def test_release_read_from_the_modules_archive(tmp_path: Path, compress: str | None) -> None:
+    # Named as design.md writes it (modules-<release>.cpio): the name alone is ambiguous
+    # for a release that ends in an arch, the archive is not.
+    path = modules_cpio(tmp_path / "modules-6.1.0-56-arm64.cpio", "6.1.0-56-arm64")
+    if compress:
+        subprocess.run([compress, "-q", "-f", str(path)], check=True)
+        path = next(tmp_path.glob("modules-*.cpio.*"))
+    assert release_in_modules_cpio(path) == "6.1.0-56-arm64"
+    assert release_of_modules_name(path.name) == "6.1.0-56"  # what the name alone suggests
+
+
+def test_release_of_a_build_comes_from_its_modules_archive(tmp_path: Path, sample: Path) -> None:
+    b = tmp_path / "builds" / "debian-like"
+    b.mkdir(parents=True)
+    shutil.copy(sample, b / "image.fit")
+    modules_cpio(b / "modules-6.1.0-56-arm64.cpio", "6.1.0-56-arm64")
+    assert index_build(b, Store(tmp_path / "st")).release == "6.1.0-56-arm64"
 
 
 def test_kernel_tree_layout_is_found(tmp_path: Path) -> None:
