@@ -122,9 +122,24 @@ def release_of_modules_name(name: str) -> str | None:
 _MODULES_DIR = re.compile(r"^(?:\./)?(?:usr/)?lib/modules/([^/]+)(?:/|$)")
 
 
+_RELEASES: dict[str, str | None] = {}  # fingerprint → release: a re-index costs a stat
+
+
 def release_in_modules_cpio(path: Path, *, look: int = 64) -> str | None:
     """The release a modules CPIO holds modules for: ``lib/modules/<release>/`` in its first
     entries (``usr/lib/modules`` too). Reading stops after ``look`` entries."""
+    try:
+        key = fingerprint(path)
+    except OSError:
+        return None
+    if key not in _RELEASES:
+        if len(_RELEASES) > 1024:
+            _RELEASES.clear()
+        _RELEASES[key] = _read_release(path, look)
+    return _RELEASES[key]
+
+
+def _read_release(path: Path, look: int) -> str | None:
     from overrided.cpio import CpioError, entries
 
     try:
