@@ -39,6 +39,7 @@ from overrided.render import (
     RenderError,
     board_for_hostname,
     initrd_key,
+    pick_build,
     render_board,
 )
 from overrided.served import Entry, NotServed, Transfer, clean_name
@@ -89,6 +90,9 @@ class OverridedService:
         )
         self.catalog = Catalog()
         self._builds: dict[str, Build] = {}
+        # Builds whose new contents failed to index while their previous contents were good:
+        # boards keep what they had from the previous contents until the build is fixed.
+        self._rejected: dict[str, Build] = {}
         self._boards: list[Board] = []
         self._board_errors: dict[str, str] = {}
         self._rendered: dict[str, Rendered] = {}
@@ -190,6 +194,7 @@ class OverridedService:
     def _index_one(self, name: str, folder: Path | None) -> Build | None:
         t0 = time.monotonic()
         if folder is None or not folder.is_dir():
+            self._rejected.pop(name, None)
             if name in self._builds:
                 # Replaced, never mutated: lookups on the loop read it while a refresh runs.
                 self._builds = {k: v for k, v in self._builds.items() if k != name}
@@ -198,6 +203,21 @@ class OverridedService:
             return None
         build = index_build(folder, self.store, quiet=self.settings.quiet, fits=self.ctx.fits)
         duration = time.monotonic() - t0
+        previous = self._builds.get(name)
+        if build.error and previous is not None and previous.usable:
+            # A rewrite caught half-way, or a broken one: never fall back to another build
+            # behind the developer's back; boards keep this build's previous render.
+            self._rejected[name] = build
+            log.error("build %s: %s; boards keep its previous contents", name, build.error)
+            self.events.publish(
+                Event(
+                    kind="build-failed",
+                    build=name,
+                    data={"duration": duration, "error": build.error, "kept": True},
+                )
+            )
+            return previous
+        self._rejected.pop(name, None)
         self._builds = {**self._builds, name: build}
         if build.error:
             log.error("build %s: %s", name, build.error)
@@ -228,6 +248,14 @@ class OverridedService:
     def _render_one(self, board: Board) -> Rendered | None:
         t0 = time.monotonic()
         builds = list(self._builds.values())
+        kept = self._rendered.get(board.name)
+        if kept is not None and kept.info.build in self._rejected:
+            try:
+                same_build = pick_build(board, builds).name == kept.info.build
+            except RenderError:
+                same_build = False
+            if same_build:
+                return kept  # its build's new contents are broken: serve what it had
         try:
             r = render_board(board, builds, self.ctx)
         except (RenderError, BoardError) as err:
@@ -471,13 +499,21 @@ class OverridedService:
 
     def builds(self) -> list[BuildInfo]:
         """Every build folder, indexed or with the reason it could not be."""
-        return [b.info() for b in sorted(self._builds.values(), key=lambda b: b.name)]
+        return [self._build_info(b) for b in sorted(self._builds.values(), key=lambda b: b.name)]
+
+    def _build_info(self, build: Build) -> BuildInfo:
+        rejected = self._rejected.get(build.name)
+        if rejected is None:
+            return build.info()
+        info = rejected.info()
+        info.error = f"{rejected.error}; boards keep its previous contents"
+        return info
 
     async def index_now(self, build: str) -> IndexResult:
         """Index one build at once (after an upload), re-render and publish."""
         await self.refresh({build})
         b = self._builds.get(build)
-        info = b.info() if b else BuildInfo(name=build, error=f"{build}: no such build folder")
+        info = self._build_info(b) if b else BuildInfo(name=build, error=f"{build}: no such folder")
         return IndexResult(build=info, boards=self.boards())
 
     async def remove_build(self, build: str) -> None:

@@ -225,6 +225,44 @@ def test_half_written_fit_is_never_used(
         assert "sha1" in dumpimage_list(fit_path)
 
 
+def test_broken_rewrite_of_a_build_keeps_its_previous_contents(
+    tmp_path: Path, fits: tuple[Path, Path], modules: Path
+) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    drop_build(srv.builds, "old", fits[1], modules)  # an older build the board must not flip to
+    os.utime(srv.builds / "old" / "image.fit", (1, 1))
+    os.utime(srv.builds / "old" / modules.name, (1, 1))
+    drop_build(srv.builds, "b1", fits[0], modules)
+    with srv:
+        before = srv.tftp_get("afa-devboot-board-a")
+        assert b"# build b1 " in before
+        v = script_vars(before)
+        fit = srv.tftp_get(v["devboot_image"])
+        # `make` rewrites image.fit in place and stalls half-way (or dies).
+        data = fits[1].read_bytes()
+        with (srv.builds / "b1" / "image.fit").open("r+b") as f:
+            f.truncate(0)
+            f.write(data[: len(data) // 2])
+        srv.wait_for(
+            lambda: any(
+                b["name"] == "b1" and "keep its previous contents" in (b["error"] or "")
+                for b in srv.api("/api/builds")
+            ),
+            what="b1 rejected",
+        )
+        # The board still gets exactly what it had: same script, same FIT bytes.
+        assert srv.tftp_get("afa-devboot-board-a") == before
+        assert srv.tftp_get(v["devboot_image"]) == fit
+        (board,) = srv.api("/api/boards")
+        assert board["build"] == "b1"
+        # The rewrite completes: the new contents are served.
+        with (srv.builds / "b1" / "image.fit").open("ab") as f:
+            f.write(data[len(data) // 2 :])
+        wait_script(srv, "afa-devboot-board-a", r"(?s)^(?!.*" + v["devboot_image"] + ")")
+        assert all(b["error"] is None for b in srv.api("/api/builds"))
+
+
 def test_empty_builds_folder_serves_nothing_and_says_so(tmp_path: Path) -> None:
     srv = Served(tmp_path)
     (srv.boards / "a.toml").write_text(BOARD_A)
