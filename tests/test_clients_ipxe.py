@@ -99,7 +99,8 @@ def _check_command(argv: list[str], number: int) -> list[str]:
     return argv
 
 
-def _uri(argv: list[str]) -> str:
+def uri(argv: list[str]) -> str:
+    """The URI argument of a kernel/initrd command (after its options)."""
     i = 1
     while argv[i].startswith("-"):
         i += 2 if argv[i] in ("--name", "-n", "--timeout", "-t") else 1
@@ -136,7 +137,7 @@ def test_script_is_valid_and_names_served_artifacts() -> None:
     kernel, initrd, _ = commands
     served = {BASE.kernel, BASE.initrd}
     for argv in (kernel, initrd):
-        url = urlsplit(_uri(argv))
+        url = urlsplit(uri(argv))
         assert (url.scheme, url.netloc) == ("http", "192.0.2.1:8080")
         assert unquote(url.path.lstrip("/")) in served
     # the kernel's command line names the initrd as loaded (EFI stub) and carries the bootargs
@@ -160,7 +161,7 @@ def test_urls_are_percent_encoded(name: str, url: str) -> None:
 def test_odd_names_still_parse() -> None:
     a = replace(BASE, kernel="odd name#1/${x}", initrd=None, bootargs={})
     commands = parse(render(a)["boot/qemu-virt.ipxe"].decode())
-    assert unquote(urlsplit(_uri(commands[0])).path) == "/odd name#1/${x}"
+    assert unquote(urlsplit(uri(commands[0])).path) == "/odd name#1/${x}"
     assert [c[0] for c in commands] == ["kernel", "boot"]
 
 

@@ -89,6 +89,36 @@ class Netns:
         if proc.returncode != 0:
             raise NetnsError(f"{' '.join(argv)}: {proc.stderr.strip()}")
 
+    def drop_udp(self, percent: float, dev: str = "lo", *, min_length: int = 0) -> str:
+        """Drop ``percent`` % of UDP packets on ``dev``; return how (for test messages).
+
+        ``tc netem loss`` where the kernel has ``sch_netem`` and all sizes are meant; otherwise
+        an nftables ingress rule drops the same share at random (each packet on ``lo`` passes
+        ingress once). ``min_length`` spares UDP packets shorter than that many bytes (UDP
+        header included), e.g. to drop TFTP DATA but never ACKs.
+        """
+        if not min_length:
+            try:
+                self.netem(f"loss {percent:g}%", dev)
+                return f"netem loss {percent:g}%"
+            except NetnsError:
+                pass  # no sch_netem in this kernel: nftables below
+        per_mille = round(percent * 10)
+        match = f"udp length >= {min_length} " if min_length else "meta l4proto udp "
+        rules = (
+            "table netdev overrided_loss {\n"
+            "  chain in {\n"
+            f'    type filter hook ingress device "{dev}" priority 0; policy accept;\n'
+            f"    {match}numgen random mod 1000 < {per_mille} drop\n"
+            "  }\n"
+            "}\n"
+        )
+        proc = self.run(["nft", "-f", "-"], check=False, input=rules)
+        if proc.returncode != 0:
+            raise NetnsError(f"nft: {proc.stderr.strip()}")
+        size = f" of {min_length} bytes or more" if min_length else ""
+        return f"nftables: drop {percent:g}% of UDP packets{size} on {dev}"
+
     def clear_netem(self, dev: str = "lo") -> None:
         """Remove the root qdisc again (no error if there is none)."""
         self.run(["tc", "qdisc", "del", "dev", dev, "root"], check=False)
