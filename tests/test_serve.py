@@ -316,3 +316,33 @@ def test_replaced_artifacts_leave_after_the_grace_period(
         )
         script = wait_script(srv, "u-devboot-board-b", "# build img, configuration ")
         assert srv.served(script_vars(script)["devboot_image"]) is not None
+
+
+def test_hostname_only_board_with_a_big_initrd_is_prepared_aside(
+    tmp_path: Path, fits: tuple[Path, Path]
+) -> None:
+    # A modules CPIO too big to copy while a TFTP request waits (33 MiB > 32 MiB): the first
+    # request is told the board is being prepared, the servers keep answering meanwhile.
+    tree = tmp_path / "tree"
+    ko = tree / "lib/modules/6.19.0/kernel/big.ko"
+    ko.parent.mkdir(parents=True)
+    with ko.open("wb") as f:
+        f.truncate(33 << 20)
+    names = "\n".join(sorted(str(p.relative_to(tree)) for p in tree.rglob("*")))
+    srv = Served(tmp_path / "srv")
+    folder = drop_build(srv.builds, "b1", fits[0])
+    with (folder / "modules-6.19.0-arm64.cpio").open("wb") as out:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"],
+            input=names.encode(),
+            stdout=out,
+            cwd=tree,
+            check=True,
+        )
+    with srv:
+        assert srv.served("none-devboot-board-a") is None
+        assert "board none/board-a is being prepared from build b1" in srv.log()
+        assert srv.served("none-devboot-nosuch") is None  # others are still answered
+        script = wait_script(srv, "none-devboot-board-a", "configuration conf-a")
+        initrd = srv.tftp_get(script_vars(script)["devboot_initrd"])
+        assert len(initrd) > 33 << 20
