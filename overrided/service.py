@@ -32,7 +32,8 @@ from pydantic import ValidationError
 from overrided import builds as builds_mod
 from overrided.builds import Build, index_build
 from overrided.catalog import Catalog
-from overrided.config import Board, BoardError, Settings, display_path, load_boards
+from overrided.config import Board, Settings, display_path, load_boards
+from overrided.errors import OverridedError
 from overrided.render import (
     RenderContext,
     Rendered,
@@ -258,7 +259,7 @@ class OverridedService:
                 return kept  # its build's new contents are broken: serve what it had
         try:
             r = render_board(board, builds, self.ctx)
-        except (RenderError, BoardError) as err:
+        except OverridedError as err:  # RenderError, FitError, CpioError, KeyStoreError...
             self._rendered.pop(board.name, None)
             info = BoardInfo(
                 name=board.name,
@@ -378,7 +379,7 @@ class OverridedService:
                 rendered.info.configuration if rendered else "-",
                 reason,
             )
-        except (RenderError, ValidationError) as err:
+        except (OverridedError, ValidationError) as err:
             rendered, reason = None, str(err).splitlines()[0]
             log.warning("board %s-devboot-%s: not served: %s", user, host, reason)
         u = _Unknown(latest.name, latest.mtime, rendered, reason)
