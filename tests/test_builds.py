@@ -220,17 +220,17 @@ async def test_a_burst_of_writes_is_one_batch(tmp_path: Path) -> None:
     batches = []
 
     async def collect() -> None:
-        async for changes in watch(builds, boards, step_ms=200, stop=stop):
+        async for changes in watch(builds, boards, step_ms=500, stop=stop):
             batches.append(changes)
 
     task = asyncio.create_task(collect())
-    await asyncio.sleep(0.3)  # let the watcher start
+    await asyncio.sleep(1.0)  # let the watcher start (its Rust thread sets up inotify)
     # What `make` does: hundreds of object files, then the artifacts.
     for i in range(300):
         (builds / "b1" / f"obj-{i}.o").write_bytes(b"o")
     (builds / "b1" / "image.fit").write_bytes(b"fit")
     (builds / "b1" / ".image.fit.tmp").write_bytes(b"temp")  # hidden: never an input
-    for _ in range(100):  # bounded wait for the batch (and any stragglers)
+    for _ in range(200):  # bounded wait for the batch (and any stragglers)
         await asyncio.sleep(0.05)
         if batches:
             break
