@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from overrided.fit import Fit
-from tests.support.fits import SAMPLE_BOARDS, dumpimage_list, sample_fit
+from tests.support.fits import dumpimage_list, sample_fit
 from tests.support.serve import Served
 from tests.test_builds import modules_cpio
 
@@ -269,11 +269,6 @@ def test_empty_builds_folder_serves_nothing_and_says_so(tmp_path: Path) -> None:
     with srv:
         assert srv.served("afa-devboot-board-a") is None
         assert "board a: not served: no usable build in the builds folder yet" in srv.log()
-
-
-def test_sample_boards_cover_the_fixture() -> None:
-    # The tests above rely on these compatibles; keep them in sync with tests/support/fits.py.
-    assert SAMPLE_BOARDS["fdt-a"][0] == "v,board-a"
 
 
 def test_keys_inside_a_served_folder_refuse_to_start(tmp_path: Path) -> None:
