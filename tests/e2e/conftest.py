@@ -95,16 +95,27 @@ def write_build(builds: Path, name: str, kp: KernelParts, which: str) -> Path:
     return final
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML for {value!r}")
+
+
 def write_board(boards: Path, kp: KernelParts) -> Path:
     """``boards/qemu-virt.toml`` from the repository, plus the init CPIO and a console."""
-    repo_board = tomllib.loads((REPO / "boards" / f"{BOARD}.toml").read_text())
-    assert repo_board["compatible"] == ["linux,dummy-virt"]
+    board = tomllib.loads((REPO / "boards" / f"{BOARD}.toml").read_text())
+    assert board["compatible"] == ["linux,dummy-virt"]
+    assert board.get("mac", MAC) == MAC, "QEMU's NIC must carry the board's MAC"
     shutil.copy(kp.init, boards / "init.cpio")
-    text = (REPO / "boards" / f"{BOARD}.toml").read_text()
-    text += '\ninit = "init.cpio"\n'
-    text += "bootargs = {" + ", ".join(f'{k} = "{v}"' for k, v in BOOTARGS.items()) + "}\n"
+    board.update(init="init.cpio", bootargs=BOOTARGS)
     path = boards / f"{BOARD}.toml"
-    path.write_text(text)
+    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in board.items()))
     return path
 
 
