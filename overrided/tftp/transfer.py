@@ -45,6 +45,8 @@ PROBE_BYTES = 256 * 1024
 RESYNC_AFTER = 0.25
 # How often an idle transfer wakes up to check its deadlines (seconds).
 TICK = 0.1
+# Opcodes as plain ints for the per-packet path (an IntEnum lookup costs more).
+_ACK, _ERROR = int(Opcode.ACK), int(Opcode.ERROR)
 
 
 class Source(Protocol):
@@ -221,7 +223,14 @@ class ReadTransfer:
             self._finish("failed", f"internal error: {err!r}")
 
     def _serve(self) -> None:
-        sock, monotonic = self.sock, time.monotonic
+        sock, monotonic, peer = self.sock, time.monotonic, self.peer
+        # Lockstep (window 1) from a plain file is the common case (barebox and U-Boot by
+        # default): its ACK is handled right here, without the general window machinery.
+        lockstep = self.window == 1 and isinstance(self.source, OctetSource)
+        fd = self.source.blob.fd if isinstance(self.source, OctetSource) else -1
+        views, buf, mv, bs = self._views[:1], self._buf, self._mv, self.blksize
+        last_full = self.nblocks - 1  # blocks before this one are followed by another
+        preadv, sendto = os.preadv, sock.sendto
         while not self.done:
             try:
                 data, addr = sock.recvfrom(1024)
@@ -232,19 +241,39 @@ class ReadTransfer:
                 if not self._cancelled:
                     self._finish("failed", f"receive: {err}")
                     return
-                data, addr = b"", self.peer
+                data, addr = b"", peer
             if self._cancelled:
                 self._on_timer()
                 return
-            if addr != self.peer:
+            if addr != peer:
                 # RFC 1350 section 4: a packet from a foreign TID gets ERROR 5 and does not
                 # disturb the transfer.
                 with contextlib.suppress(OSError):
                     sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
-            elif len(data) == 4 and data[1] == Opcode.ACK and data[0] == 0:
+            elif len(data) == 4 and data[1] == _ACK and data[0] == 0:
+                sent = self.last_sent
+                if (
+                    lockstep
+                    and (data[2] << 8 | data[3]) == sent & 0xFFFF
+                    and self.acked == sent - 1
+                    and 0 < sent <= last_full
+                ):
+                    # The ACK of the block just sent: send the next one (same rules as
+                    # ``_on_ack`` and ``_send_window`` for a window of one).
+                    try:
+                        length = preadv(fd, views, sent * bs)
+                        buf[0:4] = DATA_HEADERS[(sent + 1) & 0xFFFF]
+                        sendto(mv[: 4 + length], peer)
+                    except OSError as err:
+                        self._finish("failed", f"block {sent + 1}: {err}")
+                        return
+                    self.acked, self.last_sent, self.tries = sent, sent + 1, 0
+                    self._sent_at = self._progress_at = now = monotonic()
+                    self._deadline = now + self.timeout
+                    continue
                 if self._on_ack((data[2] << 8) | data[3]):
                     continue  # a window went out: the deadline was just moved
-            elif len(data) >= 4 and data[1] == Opcode.ERROR and data[0] == 0:
+            elif len(data) >= 4 and data[1] == _ERROR and data[0] == 0:
                 self._on_client_error(data)
             # Anything else from the client (a short ACK, DATA, a request) is ignored: the
             # timer and the client's own retransmissions recover.
