@@ -276,6 +276,8 @@ def _render_with(
                 signing_key,
                 key_name=board.sign,
                 algo=_sign_algo(signing_key),
+                # The build's own time, so the same inputs always give the same signed bytes.
+                timestamp=fit.timestamp or int(build.fit.stat().st_mtime),
             )
             out.write_bytes(signed)
         fit_blob = store.adopt(out)

@@ -134,6 +134,10 @@ def test_signed_board_gets_a_signed_fit_and_forced_boards_a_warning(
     assert FORCED_SIGNING_WARNING in r.info.warnings
     # The script says so too: with signed images forced, barebox ignores it.
     assert f"warning: {FORCED_SIGNING_WARNING}" in script_of(r, ctx).splitlines()[1]
+    # Rendered again without the cache: the signed FIT is the same bytes (no wall-clock stamp).
+    ctx.extra_key = {"render": "again"}
+    again = render_board(board, [build], ctx)
+    assert blob(ctx, again.names[again.info.artifacts["fit"]]) == fit_bytes
 
 
 def test_overlays_are_served_and_applied_on_top(setup: tuple[Build, RenderContext]) -> None:
