@@ -120,7 +120,7 @@ def test_plain_kernel_names_its_dtb(tmp_path: Path) -> None:
 
 
 def test_signed_board_gets_a_signed_fit_and_forced_boards_a_warning(
-    setup: tuple[Build, RenderContext],
+    setup: tuple[Build, RenderContext], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     build, ctx = setup
     new_key(ctx.keys_dir, "lab")
@@ -134,8 +134,10 @@ def test_signed_board_gets_a_signed_fit_and_forced_boards_a_warning(
     assert FORCED_SIGNING_WARNING in r.info.warnings
     # The script says so too: with signed images forced, barebox ignores it.
     assert f"warning: {FORCED_SIGNING_WARNING}" in script_of(r, ctx).splitlines()[1]
-    # Rendered again without the cache: the signed FIT is the same bytes (no wall-clock stamp).
+    # Rendered again without the cache, at another time: the signed FIT is the same bytes,
+    # stamped with the build's own time rather than the clock's.
     ctx.extra_key = {"render": "again"}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234567890")
     again = render_board(board, [build], ctx)
     assert blob(ctx, again.names[again.info.artifacts["fit"]]) == fit_bytes
 
