@@ -128,23 +128,19 @@ def test_boot_script_and_a_rebuild_during_the_boot(lab: Lab) -> None:
     assert parts.MARKER  # both boots reached init
 
 
-LOSS_XFAIL = (
-    "U-Boot 2023.01 with tftpwindowsize 16 against overrided's TFTP server stalls under 2% DATA "
-    "loss: after a few thousand blocks U-Boot times out every second and re-ACKs block n, the "
-    "server answers each duplicate ACK with the window from n+1, and U-Boot accepts none of "
-    "it until the server gives up ('no ACK for 47.1s after 2 retransmissions; client "
-    "acknowledged 1842'). Without a window each loss costs U-Boot's 1 s minimum timeout: a "
-    "quarter of an hour for the 33 MB FIT."
-)
-
-
-@pytest.mark.xfail(reason=LOSS_XFAIL, strict=False)
 def test_boot_with_packet_loss(lab: Lab) -> None:
     """2 % of TFTP DATA packets are dropped on the namespace's loopback; it still boots.
 
-    Only DATA is dropped: with ACKs lost too, U-Boot's windowed client (net/tftp.c) re-ACKs
-    an out-of-order block once per block number, so an ACK lost together with that re-ACK
-    leaves it silent while retransmissions keep arriving.
+    U-Boot needs a window here: lockstep, each loss costs its timeout (1 s minimum), a quarter
+    of an hour for the 33 MB FIT; with ``tftpwindowsize 16`` a lost block makes the next one
+    arrive out of order and U-Boot re-ACKs at once (``net/tftp.c``). Only DATA is dropped:
+    U-Boot re-ACKs once per block number, so an ACK lost together with its re-ACK leaves it
+    waiting for its timeout.
+
+    Known peer fault: Debian's U-Boot 2023.01 sometimes stops receiving altogether during a
+    lossy windowed transfer (it times out every second, and afterwards even ``ping`` of
+    QEMU's gateway fails, though the server keeps sending). The test tells that apart from a
+    server fault: it is an expected failure only when U-Boot's own network is dead.
     """
     art = lab.artifacts()
     conf = lab.served.board()["configuration"]
@@ -152,14 +148,23 @@ def test_boot_with_packet_loss(lab: Lab) -> None:
     with lab.uboot("loss") as ub:
         ub.boot_to_prompt()
         ub.check(NET_UP, 30)
-        # U-Boot counts timeouts per transfer, not in a row (default limit 10); with a window,
-        # a lost block makes the next one arrive out of order and U-Boot re-ACKs at once.
-        ub.check(
+        # U-Boot counts timeouts per transfer, not in a row (default limit 10).
+        ub.send_line(
             "setenv tftptimeout 1000 && setenv tftptimeoutcountmax 1000 "
             f"&& setenv tftpwindowsize 16 && tftpboot {FIT_ADDR} {art['fit']} "
-            f"&& tftpboot {INITRD_ADDR} {art['initrd']} && setenv bootargs {BOOTARGS_LINE}",
-            150,
+            f"&& tftpboot {INITRD_ADDR} {art['initrd']} && setenv bootargs {BOOTARGS_LINE}"
+            "; echo @@loss$?@@"
         )
+        which, m = ub.expect_any([r"@@loss(\d+)@@", r"(?:T ){8}"], 300)
+        if which == 1:  # eight timeouts in a row: stalled
+            ub.send("\x03")
+            ub.expect(r"=> ", 30)
+            gateway = ub.run("ping 10.0.2.2", 30)
+            if gateway.status != 0:
+                pytest.xfail(f"U-Boot's network stopped receiving under loss ({how})")
+            raise ub.fail(f"transfer stalled while U-Boot's network still works ({how})")
+        assert m.group(1) == "0", ub.fail(f"fetch failed under loss ({how})")
+        ub.expect(r"=> ", 30)
         ub.send_line(f"bootm {FIT_ADDR}#{conf} {INITRD_ADDR}:${{filesize}}")
         seconds = boot_marker(ub, "build-A")
     _report(f"boot with loss ({how})", seconds)
