@@ -10,7 +10,11 @@ both alike; each figure is the median of ``--runs``.
   (bench/tftpclient.py), on a 64 MiB file;
 - overrided with windowsize 4/16/64 (tftpd-hpa has no windowsize; its window-1 figure at the
   same blksize is the reference);
-- 32 curl clients at once on a 16 MiB file: all must complete; aggregate throughput compared.
+- 32 curl clients at once on a 16 MiB file: all must complete; aggregate throughput compared;
+- with a board's round trip emulated (``--turnaround-ms``, default 0.5: our client waits that
+  long before each ACK, since this kernel has no netem): tftpd-hpa and overrided at window 1
+  and overrided at windowsize 16, blksize 1432, on the 16 MiB file. On loopback a round trip
+  costs microseconds, so a window saves little; on a real link it is what a window amortises.
 
 Prints a table, then ``ratio_vs_tftpd_hpa=`` (the lower of the window-1 ratios at blksize
 1432 and 1468, the two block sizes barebox and U-Boot use).
@@ -72,9 +76,19 @@ def curl_fetch(port: int, name: str, blksize: int, size: int) -> float:
     return float(out[1])
 
 
-def ours_fetch(port: int, name: str, blksize: int, window: int, size: int, crc: int) -> float:
+def ours_fetch(
+    port: int, name: str, blksize: int, window: int, size: int, crc: int, turnaround: float = 0.0
+) -> float:
     """Seconds our client needs to read ``name`` (checked for size and CRC)."""
-    got = fetch("127.0.0.1", port, name, blksize=blksize, windowsize=window, timeout=1.0)
+    got = fetch(
+        "127.0.0.1",
+        port,
+        name,
+        blksize=blksize,
+        windowsize=window,
+        timeout=1.0,
+        turnaround=turnaround,
+    )
     if (got.size, got.crc32) != (size, crc):
         raise RuntimeError(f"port {port}: got {got.size} bytes, crc {got.crc32:#x}")
     if window > 1 and got.options.get("windowsize") != str(window):
@@ -107,7 +121,7 @@ def median_rate(samples: list[float], size: int) -> float:
 def inside(args: argparse.Namespace) -> int:
     """The benchmark proper, run inside the namespace."""
     size = args.size_mib << 20
-    small = 16 << 20
+    small = min(16 << 20, size)
     root = Path(tempfile.mkdtemp(prefix="bench-tftp-"))
     root.chmod(0o755)  # tftpd-hpa drops to its own user
     servers: list[subprocess.Popen[bytes]] = []
@@ -158,15 +172,27 @@ def inside(args: argparse.Namespace) -> int:
                 )
                 print(f"  {rows[-1][0]:<28} ours   {reference:8.1f} {rows[-1][3]:8.1f}", flush=True)
         h, o = pair(lambda p: many_at_once(p, "small", small), CLIENTS_AT_ONCE * small)
-        rows.append((f"{CLIENTS_AT_ONCE} at once, 16 MiB each", "curl", h, o))
+        rows.append((f"{CLIENTS_AT_ONCE} at once, {small >> 20} MiB each", "curl", h, o))
+
+        # A board's round trip, emulated by our client's wait before each ACK.
+        rtt = args.turnaround_ms / 1000
+        small_crc = zlib.crc32((root / "small").read_bytes())
+        h, o = pair(lambda p: ours_fetch(p, "small", 1432, 1, small, small_crc, rtt), small)
+        rtt_case = f"rtt {args.turnaround_ms:g} ms, blksize 1432"
+        rows.append((f"{rtt_case}, window 1", "ours", h, o))
+        w16 = [
+            ours_fetch(OVD_PORT, "small", 1432, 16, small, small_crc, rtt) for _ in range(args.runs)
+        ]
+        rows.append((f"{rtt_case}, windowsize 16", "ours", h, median_rate(w16, small)))
 
         print()
         print(
-            f"{'case':<30} {'client':<7} {'tftpd-hpa MB/s':>15} {'overrided MB/s':>15} {'ratio':>7}"
+            f"{'case':<40} {'client':<7} {'tftpd-hpa MB/s':>15} {'overrided MB/s':>15} {'ratio':>7}"
         )
         for case, client, h, o in rows:
-            print(f"{case:<30} {client:<7} {h:15.1f} {o:15.1f} {o / h:7.2f}")
+            print(f"{case:<40} {client:<7} {h:15.1f} {o:15.1f} {o / h:7.2f}")
         print("(windowsize rows: tftpd-hpa column is its window-1 figure at that blksize)")
+        print(f"ratio_windowsize16_at_rtt_vs_tftpd_hpa={rows[-1][3] / rows[-1][2]:.2f}")
         print(f"load average: {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
         w1 = [o / h for case, c, h, o in rows if c == "ours" and case in (
             "window 1 blksize 1432", "window 1 blksize 1468")]  # fmt: skip
@@ -186,6 +212,12 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=64, help="size of the big file")
     parser.add_argument(
         "--clients", default="ours,curl", help="window-1 clients: ours, curl or both"
+    )
+    parser.add_argument(
+        "--turnaround-ms",
+        type=float,
+        default=0.5,
+        help="emulated board round trip for the last section (client waits before each ACK)",
     )
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

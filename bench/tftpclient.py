@@ -58,8 +58,14 @@ def fetch(
     timeout: float = 1.0,
     retries: int = 10,
     out: str | None = None,
+    turnaround: float = 0.0,
 ) -> Fetched:
-    """Read ``name`` and return its size, CRC-32 and the time taken (request to last ACK)."""
+    """Read ``name`` and return its size, CRC-32 and the time taken (request to last ACK).
+
+    ``turnaround`` seconds are spent before each ACK: a board's round trip (link latency plus a
+    bootloader polling its NIC) that loopback lacks. This kernel has no netem to add real
+    latency; the cost lands once per round trip either way, which is what a window amortises.
+    """
     options: dict[str, str] = {}
     if blksize != 512:
         options["blksize"] = str(blksize)
@@ -111,6 +117,8 @@ def fetch(
                 blksize = int(granted.get("blksize", 512))
                 windowsize = int(granted.get("windowsize", 1))
                 last_ack = b"\x00\x04\x00\x00"
+                if turnaround:
+                    time.sleep(turnaround)
                 sock.sendto(last_ack, peer)
                 continue
             if op == 5:
@@ -139,6 +147,8 @@ def fetch(
             last = n - 4 < blksize
             if last or in_window >= windowsize:
                 last_ack = struct.pack("!HH", 4, expected & 0xFFFF)
+                if turnaround:
+                    time.sleep(turnaround)
                 sock.sendto(last_ack, peer)
                 in_window = 0
             expected += 1
@@ -161,6 +171,7 @@ def main() -> int:
     parser.add_argument("--windowsize", type=int, default=1)
     parser.add_argument("--tsize", action="store_true")
     parser.add_argument("--out")
+    parser.add_argument("--turnaround-ms", type=float, default=0.0)
     args = parser.parse_args()
     try:
         got = fetch(
@@ -171,6 +182,7 @@ def main() -> int:
             windowsize=args.windowsize,
             tsize=args.tsize,
             out=args.out,
+            turnaround=args.turnaround_ms / 1000,
         )
     except (FetchError, OSError) as err:
         print(f"tftpclient: {err}", file=sys.stderr)
