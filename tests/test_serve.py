@@ -336,7 +336,8 @@ def test_hostname_only_board_with_a_big_initrd_is_prepared_aside(
         )
     with srv:
         assert srv.served("none-devboot-board-a") is None
-        assert "board none/board-a is being prepared from build b1" in srv.log()
+        # The refusal is logged just after the ERROR packet goes out: wait for the line.
+        srv.wait_for(lambda: "board none/board-a is being prepared from build b1" in srv.log())
         assert srv.served("none-devboot-nosuch") is None  # others are still answered
         script = wait_script(srv, "none-devboot-board-a", "configuration conf-a")
         initrd = srv.tftp_get(script_vars(script)["devboot_initrd"])
