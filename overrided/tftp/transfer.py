@@ -58,6 +58,10 @@ class Source(Protocol):
         """Fill ``views`` in order from ``offset``; return the bytes read (short only at EOF)."""
         ...
 
+    def release(self, offset: int) -> None:
+        """Bytes before ``offset`` were acknowledged and will not be read again."""
+        ...
+
     def close(self) -> None:
         """Release the file."""
         ...
@@ -74,6 +78,9 @@ class OctetSource:
         """One ``preadv`` scatters a whole window into the packet buffer."""
         return os.preadv(self.blob.fd, views, offset)
 
+    def release(self, offset: int) -> None:
+        """Nothing is kept: every read goes to the file."""
+
     def close(self) -> None:
         """Close the blob."""
         self.blob.close()
@@ -82,8 +89,8 @@ class OctetSource:
 class NetasciiSource:
     """The blob translated to netascii (RFC 1350), produced as the transfer advances.
 
-    Reads only move forward (a window restarts at the first unacknowledged block, never
-    earlier), so the translated bytes are kept from the current window's start only.
+    Reads never go back before the first unacknowledged block (a window restarts there at the
+    earliest), so the translated bytes are kept from there on only (see ``release``).
     """
 
     CHUNK = 64 * 1024
@@ -112,10 +119,6 @@ class NetasciiSource:
                 break
             self._raw_offset += len(raw)
             self._buf += netascii_encode(raw)
-        drop = offset - self._buf_offset
-        if drop > 0:
-            self._buf = self._buf[drop:]
-            self._buf_offset = offset
         data = self._buf[offset - self._buf_offset : end - self._buf_offset]
         pos = 0
         for view in views:
@@ -123,6 +126,13 @@ class NetasciiSource:
             view[: len(piece)] = piece
             pos += len(piece)
         return pos
+
+    def release(self, offset: int) -> None:
+        """Forget the translated bytes before ``offset``."""
+        drop = offset - self._buf_offset
+        if drop > 0:
+            self._buf = self._buf[drop:]
+            self._buf_offset = offset
 
     def close(self) -> None:
         """Close the blob."""
@@ -195,7 +205,9 @@ class ReadTransfer:
         self._mv = memoryview(self._buf)
         count = len(self._buf) // step
         self._views = [self._mv[i * step + 4 : (i + 1) * step] for i in range(count)]
-        self._window_first = 0
+        # After a resend from block r, blocks r .. ``_overlap_end`` went out twice: the client
+        # may take the older copies and then see the newer ones as out of order (see _on_ack).
+        self._overlap_end = 0
         self._sent_at = 0.0
         self._progress_at = 0.0
         self._deadline = 0.0
@@ -311,9 +323,13 @@ class ReadTransfer:
         with contextlib.suppress(OSError):  # best effort: the transfer ends either way
             self.sock.sendto(encode_error(code, message), self.peer)
 
-    def _send_window(self, first: int) -> None:
-        """Read and send blocks ``first`` .. ``first + window - 1`` (RFC 7440 section 4)."""
-        count = min(self.window, self.nblocks - first + 1)
+    def _send_window(self, first: int, count: int | None = None) -> None:
+        """Read and send ``count`` blocks (a window if None) from ``first`` (RFC 7440 sec. 4)."""
+        count = min(self.window if count is None else count, self.nblocks - first + 1)
+        if count <= 0:  # nothing left to send: only the timer runs on
+            self._sent_at = now = time.monotonic()
+            self._deadline = now + self.timeout
+            return
         views = self._views if count == len(self._views) else self._views[:count]
         try:
             self._readinto(views, (first - 1) * self.blksize)
@@ -323,7 +339,6 @@ class ReadTransfer:
             return
         buf, step, bs = self._buf, self._step, self.blksize
         mv, peer, sendto = self._mv, self.peer, self.sock.sendto
-        self._window_first = first
         remaining = self.size - (first - 1) * bs
         pos = 0
         try:
@@ -353,21 +368,36 @@ class ReadTransfer:
             # The same ACK again: a copy made by the network, or the client timing out on a
             # lost window. Only the latter, recognisably late, is answered (see RESYNC_AFTER).
             if time.monotonic() - self._sent_at >= RESYNC_AFTER and self.acked >= 0:
-                self.record.retransmits += self._resend()
+                # The client waited for its timeout: nothing of ours is still on its way, so
+                # no older copy can reach it after the resent ones.
+                self.record.retransmits += self._resend(overlap=False)
             return False
         block = self.acked + delta
         if block > self.last_sent:
             return False  # acknowledges something never sent: stale or forged, ignore
         self.acked = block
         self.tries = 0
+        self.source.release(block * self.blksize)
         if block >= self.nblocks:
             self._finish("ok")
             return True
-        if block < self.last_sent:
+        if block == self.last_sent:
+            self._send_window(block + 1)  # the whole window arrived: the next one
+        elif block == self._overlap_end:
+            # The client holds every block up to the last one sent before our resend, and then
+            # met the resent copies: U-Boot ACKs the last block it holds when a block it already
+            # has arrives, and expects its next ACK point a window after that (net/tftp.c).
+            # The resent copies of the blocks after it are on their way, so restarting here
+            # would only send a third copy, which makes the next such ACK, and so on for every
+            # window. Send just what extends the window to that ACK point.
+            self._send_window(self.last_sent + 1, block + self.window - self.last_sent)
+        else:
             # RFC 7440 section 4: an ACK inside the window means the blocks after it were lost;
-            # the next window starts right after it.
+            # the next window starts right after it. U-Boot keeps nothing that comes after a
+            # gap, so the whole window is sent again.
             self.record.retransmits += self.last_sent - block
-        self._send_window(block + 1)
+            self._overlap_end = self.last_sent
+            self._send_window(block + 1)
         self._progress_at = self._sent_at
         return True
 
@@ -382,12 +412,17 @@ class ReadTransfer:
 
     # -- timing ------------------------------------------------------------------------------
 
-    def _resend(self) -> int:
-        """Send again from the first unacknowledged block; return the packets resent."""
+    def _resend(self, *, overlap: bool = True) -> int:
+        """Send again from the first unacknowledged block; return the packets resent.
+
+        ``overlap``: earlier copies of the resent blocks may still reach the client (our own
+        timer ran out, so the client may hold any part of the window).
+        """
         if self.acked < 0:
             self._send_oack()
             return 1
         before = self.last_sent
+        self._overlap_end = before if overlap else self.acked
         self._send_window(self.acked + 1)
         return max(before, self.last_sent) - self.acked
 
