@@ -124,6 +124,9 @@ LOSSES = [
     # U-Boot ACKs a gap once per block held: the second loss is only seen by its timeout
     ("a block lost, then its resent copy", {(20, 1), (20, 2)}, 1),
     ("a loss inside the resent window", {(20, 1), (25, 1)}, 0),
+    # the known price: after the resend from 20, an ACK of 32 (the last block sent before it)
+    # reads as U-Boot meeting our resent copies, so the lost 33 waits for U-Boot's timeout
+    ("a loss right after the resent copies", {(20, 1), (33, 1)}, 1),
     ("losses in consecutive windows", {(20, 1), (40, 1), (41, 1), (60, 1)}, 0),
     ("every 23rd block", {(b, 1) for b in range(5, NBLOCKS, 23)}, 0),
     ("last block of two windows", {(32, 1), (64, 1)}, 2),
