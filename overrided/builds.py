@@ -18,6 +18,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -325,16 +326,35 @@ def _key(parts: Iterable[str]) -> str:
 
 
 def index_build(
-    path: Path, store: Store, *, quiet: float = 0.0, fits: FitCache | None = None
+    path: Path,
+    store: Store,
+    *,
+    quiet: float = 0.0,
+    fits: FitCache | None = None,
+    hash_modules: bool = False,
 ) -> Build:
-    """Index one build folder; problems become ``Build.error``, never exceptions."""
+    """Index one build folder; problems become ``Build.error``, never exceptions.
+
+    With ``hash_modules``, the modules CPIOs are hashed into ``store.digests`` on another
+    thread while the FIT is parsed, so that the render that follows (its initrd is cached by
+    content) finds their digests for the price of a stat instead of hashing them after the
+    parse. Worth it for a build that just landed, which the boards are about to pick; not for
+    every build at start-up, which no board may use.
+    """
     name = path.name
     try:
         inputs = find_inputs(path)
         wait_quiet(inputs.files(), quiet)
         # Look again: files may have been renamed into place while we waited.
         inputs = find_inputs(path)
-        return _index(name, path, inputs, store, fits)
+        if not hash_modules or not inputs.modules:
+            return _index(name, path, inputs, store, fits)
+        # sha256 and file reads release the GIL: the hash runs beside the FIT parse.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"digest-{name}") as pool:
+            for m in inputs.modules:
+                # A failure here (file gone) shows again, with its name, where it matters.
+                pool.submit(store.digests.of, m)
+            return _index(name, path, inputs, store, fits)
     except OverridedError as err:
         return Build(name=name, path=path, error=str(err))
     except OSError as err:

@@ -186,13 +186,17 @@ class OverridedService:
         self.ctx.fits = builds_mod.FitCache()
         try:
             for name in sorted(names):
-                self._index_one(name, folders.get(name))
+                # A build the watcher just saw is likely about to be picked: hash its
+                # modules beside the FIT parse (index_build); at start-up, leave it to renders.
+                self._index_one(name, folders.get(name), hash_modules=changed is not None)
             self._render_all()
         finally:
             self.ctx.fits.close()
             self.ctx.fits = None
 
-    def _index_one(self, name: str, folder: Path | None) -> Build | None:
+    def _index_one(
+        self, name: str, folder: Path | None, *, hash_modules: bool = False
+    ) -> Build | None:
         t0 = time.monotonic()
         if folder is None or not folder.is_dir():
             self._rejected.pop(name, None)
@@ -202,7 +206,13 @@ class OverridedService:
                 log.info("build %s: removed", name)
                 self.events.publish(Event(kind="build-removed", build=name))
             return None
-        build = index_build(folder, self.store, quiet=self.settings.quiet, fits=self.ctx.fits)
+        build = index_build(
+            folder,
+            self.store,
+            quiet=self.settings.quiet,
+            fits=self.ctx.fits,
+            hash_modules=hash_modules,
+        )
         duration = time.monotonic() - t0
         previous = self._builds.get(name)
         if build.error and previous is not None and previous.usable:

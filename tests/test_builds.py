@@ -20,7 +20,7 @@ from overrided.builds import (
     release_of_modules_name,
     watch,
 )
-from overrided.store import Store
+from overrided.store import Store, digest_of_file
 from tests.support.fits import board_dtb, sample_fit
 
 
@@ -175,6 +175,32 @@ def test_unusable_builds_say_why(tmp_path: Path, setup: object, error: str) -> N
     assert not build.usable
     assert build.error is not None and error in build.error
     assert build.info().error == build.error
+
+
+@pytest.mark.parametrize(
+    ("hash_modules", "fit_whole", "known"),
+    [
+        (False, True, False),  # start-up index: renders hash what they use
+        (True, True, True),  # a build that just landed: hashed beside the FIT parse
+        (True, False, True),  # FIT still being written: the finished modules are ready
+    ],
+)
+def test_index_can_hash_modules_for_the_render(
+    tmp_path: Path, sample: Path, hash_modules: bool, fit_whole: bool, known: bool
+) -> None:
+    b = tmp_path / "builds" / "b"
+    b.mkdir(parents=True)
+    data = sample.read_bytes()
+    (b / "image.fit").write_bytes(data if fit_whole else data[: len(data) // 2])
+    mods = modules_cpio(b / "modules-6.1.0-56-arm64.cpio", "6.1.0-56-arm64")
+    store = Store(tmp_path / "st")
+    build = index_build(b, store, hash_modules=hash_modules)
+    assert build.usable == fit_whole
+    assert store.digests.peek(mods) == (digest_of_file(mods) if known else None)
+    # The remembered digest belongs to those bytes only: once they change, it is not used.
+    with mods.open("ab") as f:
+        f.write(b"\0" * 512)
+    assert store.digests.peek(mods) is None
 
 
 def test_truncated_fit_is_never_used(tmp_path: Path, sample: Path) -> None:
