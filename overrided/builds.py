@@ -325,6 +325,22 @@ def _key(parts: Iterable[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+def _fit_still_growing(fit: Path | None) -> bool:
+    """Whether ``fit`` is shorter than its flattened-tree header's ``totalsize`` (big-endian
+    u32 at offset 4, after the 0xd00dfeed magic: devicetree specification, 5.2)."""
+    if fit is None:
+        return False
+    try:
+        with fit.open("rb") as f:
+            head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return True
+    if len(head) < 8 or head[:4] != b"\xd0\x0d\xfe\xed":
+        return True
+    return size < int.from_bytes(head[4:8], "big")
+
+
 def index_build(
     path: Path,
     store: Store,
@@ -347,7 +363,9 @@ def index_build(
         wait_quiet(inputs.files(), quiet)
         # Look again: files may have been renamed into place while we waited.
         inputs = find_inputs(path)
-        if not hash_modules or not inputs.modules:
+        if not hash_modules or not inputs.modules or _fit_still_growing(inputs.fit):
+            # (A FIT still being written fails the index at once: hashing modules that may
+            # still be copied too would only hold up the refresh that follows.)
             return _index(name, path, inputs, store, fits)
         # sha256 and file reads release the GIL: the hash runs beside the FIT parse.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"digest-{name}") as pool:
