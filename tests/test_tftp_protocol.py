@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -307,6 +309,47 @@ def test_foreign_tid_gets_error_5_and_transfer_goes_on(server: ServerThread) -> 
     assert data_blocks([second, third]) == [2, 3]
     (record,) = server.observer.wait_finished(1)
     assert (record.outcome, record.sent, record.retransmits) == ("ok", len(SMALL), 0)
+
+
+def test_stray_error_is_not_answered_and_transfer_goes_on(server: ServerThread) -> None:
+    """RFC 1350 section 7: an ERROR from a foreign TID is dropped, never answered."""
+    client = RawClient(server.port)
+    client.request("small")
+    assert data_blocks([client.recv()]) == [1]
+    stranger = RawClient(server.port)
+    stranger.peer = client.peer
+    stranger.send(encode_error(ErrorCode.UNDEFINED, "not yours"))
+    assert stranger.recv_all(quiet=0.3) == []
+    stranger.close()
+    client.send(encode_ack(1))
+    assert data_blocks([client.recv()]) == [2]
+    client.close()
+
+
+# Reads block 1, ACKs it and exits: a client in a process of its own, since transfers are
+# forked from the server and a socket of this process would live on in them.
+LEAVING_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(b"\\0\\1big\\0octet\\0", ("127.0.0.1", int(sys.argv[1])))
+data, peer = s.recvfrom(1024)
+assert data[:4] == b"\\0\\3\\0\\1", data[:4]
+s.sendto(b"\\0\\4\\0\\1", peer)
+"""
+
+
+def test_closed_client_port_ends_the_transfer_without_retransmitting(root: Path) -> None:
+    """A client that leaves without ERROR (ICMP port unreachable) frees the transfer at once."""
+    with ServerThread(root, timeout=1.0, retries=5) as server:
+        # Block 2 (or its first resend, if the client's socket was still open when block 2
+        # came) goes to a closed port and the kernel answers port unreachable. Without that
+        # answer the transfer would end as failed after 5 retransmissions.
+        subprocess.run([sys.executable, "-c", LEAVING_CLIENT, str(server.port)], check=True)
+        (record,) = server.observer.wait_finished(1)
+        assert record.outcome == "probe"
+        assert record.reason == "client port closed (ICMP port unreachable) after 1 blocks"
+        assert record.retransmits <= 1
 
 
 def test_duplicate_acks_do_not_duplicate_windows(root: Path) -> None:

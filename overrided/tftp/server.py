@@ -8,7 +8,7 @@ Requests are parsed, looked up and answered on the event loop; each accepted tra
 in a process of its own (``fork``, as tftpd-hpa does) that reports its record back through a
 pipe. Measured at window 1 on loopback, per block of server CPU: asyncio ``add_reader``
 callbacks 25-30 µs, uvloop 18-23 µs, a blocking ``recvfrom``/``preadv``/``sendto`` loop
-11-15 µs. Threads running that loop share one GIL: 32 transfers at once took 1.7x
+11-15 µs (less again on a connected socket, see ``transfer.py``). Threads running that loop share one GIL: 32 transfers at once took 1.7x
 as long as with one process each; processes also spread over all cores. The child only runs
 ``ReadTransfer.run`` and leaves with ``os._exit``: it touches no lock another thread could hold
 (no logging, no event loop).
@@ -267,7 +267,7 @@ class TftpServer:
                 max_blksize=self.max_blksize,
                 max_windowsize=self.max_windowsize,
             )
-            sock = self._transfer_socket(local)
+            twin, sock = self._transfer_sockets(local, addr)
         except OSError as err:
             blob.close()
             self._reply_error(addr, ErrorCode.UNDEFINED, "server error")
@@ -290,8 +290,9 @@ class TftpServer:
             max_stall=self.max_stall,
         )
         try:
-            child = self._fork(transfer)
+            child = self._fork(transfer, twin)
         except OSError as err:
+            twin.close()
             sock.close()
             source.close()
             self._reply_error(addr, ErrorCode.UNDEFINED, "server busy")
@@ -305,8 +306,12 @@ class TftpServer:
         except Exception:
             log.exception("transfer observer failed")
 
-    def _fork(self, transfer: ReadTransfer) -> _Child:
-        """Run ``transfer`` in a child process; its record comes back through a pipe."""
+    def _fork(self, transfer: ReadTransfer, twin: socket.socket) -> _Child:
+        """Run ``transfer`` in a child process; its record comes back through a pipe.
+
+        The server keeps ``twin`` (the unconnected socket on the transfer's port, see
+        ``_transfer_sockets``) and answers strangers on it until the child reports.
+        """
         assert self._loop is not None
         rfd, wfd = os.pipe()
         # Signals stay blocked across the fork until the child has dropped the parent's
@@ -320,13 +325,18 @@ class TftpServer:
             os.close(wfd)
             raise
         if pid == 0:  # pragma: no cover - the child never returns
-            _child_main(transfer, rfd, wfd, self._sock, mask)
+            # The child keeps only its transfer's socket, file and pipe end.
+            inherited = [twin.fileno()]
+            for other in self.transfers.values():
+                inherited += [other.fd, other.twin.fileno()]
+            _child_main(transfer, rfd, wfd, self._sock, inherited, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(wfd)
         transfer.sock.close()  # the child has its own copies of both
         transfer.source.close()
-        child = _Child(pid, rfd, transfer.record, transfer.peer)
+        child = _Child(pid, rfd, twin, transfer.record, transfer.peer)
         self._loop.add_reader(rfd, self._on_child_result, child)
+        self._loop.add_reader(twin.fileno(), self._on_stray, child)
         return child
 
     def _on_child_result(self, child: _Child) -> None:
@@ -339,6 +349,8 @@ class TftpServer:
             data = b""
         self._loop.remove_reader(child.fd)
         os.close(child.fd)
+        self._loop.remove_reader(child.twin.fileno())
+        child.twin.close()
         rec = child.record
         try:
             result = json.loads(data)
@@ -365,36 +377,72 @@ class TftpServer:
         if not done and attempts > 0 and self._loop is not None:
             self._loop.call_later(0.02, self._reap, pid, attempts - 1)
 
-    def _transfer_socket(self, local: str) -> socket.socket:
-        """A fresh socket on an ephemeral port: the transfer's TID (RFC 1350 section 4).
+    def _transfer_sockets(
+        self, local: str, peer: tuple[object, ...]
+    ) -> tuple[socket.socket, socket.socket]:
+        """The transfer's TID (RFC 1350 section 4): a fresh ephemeral port, as two sockets.
 
-        It is not ``connect()``ed: a connected socket never sees packets from other ports, and
-        RFC 1350 wants those answered with ERROR 5 while the transfer goes on.
+        The transfer's own socket is ``connect()``ed to the client (the kernel then reuses its
+        route and keeps other senders away); the twin, unconnected on the same port, gets every
+        packet from anyone else, and the server answers those with ERROR 5 (RFC 1350 section
+        4) while the transfer goes on. They share the port through ``SO_REUSEPORT``, set on the
+        twin only after the kernel chose a port that was free: only processes of this user can
+        join, and the kernel hands the client's packets to the connected socket.
         """
+        twin = socket.socket(self._family, socket.SOCK_DGRAM)
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
+            twin.setblocking(False)
+            if self._family == socket.AF_INET6:
+                host, _, scope = local.partition("%")
+                twin.bind((host, 0, 0, int(scope) if scope.isdigit() else 0))
+            else:
+                twin.bind((local, 0))
+            twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
-            if self._family == socket.AF_INET6:
-                host, _, scope = local.partition("%")
-                sock.bind((host, 0, 0, int(scope) if scope.isdigit() else 0))
-            else:
-                sock.bind((local, 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(twin.getsockname())
+            sock.connect(peer)
         except OSError:
+            twin.close()
             sock.close()
             raise
-        return sock
+        return twin, sock
+
+    def _on_stray(self, child: _Child) -> None:
+        """Packets on a transfer's port from another endpoint: ERROR 5, the transfer goes on."""
+        for _ in range(16):  # a bounded batch; readiness is level-triggered
+            try:
+                data, addr = child.twin.recvfrom(1024)
+            except OSError:
+                return
+            # The client's own packets only land here once its transfer's socket is gone;
+            # an ERROR is never answered (RFC 1350 section 7).
+            if addr != child.peer and opcode_of(data) != Opcode.ERROR:
+                with contextlib.suppress(OSError):
+                    child.twin.sendto(
+                        encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr
+                    )
 
 
 class _Child:
     """A transfer running in a child process, as the server's loop sees it."""
 
-    __slots__ = ("fd", "peer", "pid", "record")
+    __slots__ = ("fd", "peer", "pid", "record", "twin")
 
-    def __init__(self, pid: int, fd: int, record: Transfer, peer: tuple[object, ...]) -> None:
+    def __init__(
+        self,
+        pid: int,
+        fd: int,
+        twin: socket.socket,
+        record: Transfer,
+        peer: tuple[object, ...],
+    ) -> None:
         self.pid = pid
         self.fd = fd
+        self.twin = twin
         self.record = record
         self.peer = peer
 
@@ -413,6 +461,7 @@ def _child_main(
     rfd: int,
     wfd: int,
     listening: socket.socket | None,
+    inherited: list[int],
     mask: set[int | signal.Signals],
 ) -> None:
     """Body of a transfer's process: serve, write the result to the pipe, exit."""
@@ -421,6 +470,9 @@ def _child_main(
         os.close(rfd)
         if listening is not None:
             listening.close()  # the port stays the parent's alone
+        for fd in inherited:  # the server's: other transfers' pipes and ports
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(ValueError, OSError):
             signal.set_wakeup_fd(-1)  # the parent loop's wake-up pipe is not ours
         with contextlib.suppress(ValueError, OSError):
