@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import cpustat  # noqa: E402
 from tftpclient import fetch  # noqa: E402
 
 HPA_PORT, OVD_PORT = 1069, 2069
@@ -143,6 +144,7 @@ def inside(args: argparse.Namespace) -> int:
         )  # fmt: skip
         time.sleep(1.5)
         load_before = os.getloadavg()[0]
+        cpu_before = cpustat.snapshot()
         rows: list[tuple[str, str, float, float]] = []  # case, client, hpa MB/s, ovd MB/s
 
         def pair(run: Callable[[int], float], nbytes: int) -> tuple[float, float]:
@@ -194,6 +196,7 @@ def inside(args: argparse.Namespace) -> int:
         print("(windowsize rows: tftpd-hpa column is its window-1 figure at that blksize)")
         print(f"ratio_windowsize16_at_rtt_vs_tftpd_hpa={rows[-1][3] / rows[-1][2]:.2f}")
         print(f"load average: {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+        print(cpustat.report(cpu_before))
         w1 = [o / h for case, c, h, o in rows if c == "ours" and case in (
             "window 1 blksize 1432", "window 1 blksize 1468")]  # fmt: skip
         print(f"ratio_vs_tftpd_hpa={min(w1):.2f}")
