@@ -115,6 +115,7 @@ class Transfer:
     started: float = field(default_factory=time.time)
     duration: float = 0.0
     retransmits: int = 0
+    cpu: float = 0.0  # server CPU seconds (TFTP: the transfer's process; 0 for HTTP)
     outcome: Outcome = "ok"
     reason: str = ""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from overrided.tftp.transfer import describe
 from tests.test_tftp_support import ServerThread
 
 BIG = 40 << 20
@@ -100,6 +101,9 @@ def test_real_client_reads_byte_exact(
     if client != "tftp-hpa":  # tftp-hpa sends no options at all
         assert record.options.get("blksize") == str(blksize)
     assert record.options.get("windowsize", "1") == str(window)
+    # the transfer's own process measured its CPU time; the server's log line carries it
+    assert record.cpu > 0
+    assert f" cpu={record.cpu:.3f}s " in describe(record)
 
 
 def test_tftp_hpa_netascii_round_trip(served: tuple[ServerThread, Path], tmp_path: Path) -> None:

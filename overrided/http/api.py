@@ -30,6 +30,7 @@ class Fetch(BaseModel):
     duration: float  # seconds
     throughput: float  # payload bytes per second
     retransmits: int
+    cpu: float  # server CPU seconds spent on it (TFTP; 0 for HTTP)
     outcome: Outcome
     reason: str
 

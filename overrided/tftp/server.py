@@ -8,10 +8,10 @@ Requests are parsed, looked up and answered on the event loop; each accepted tra
 in a process of its own (``fork``, as tftpd-hpa does) that reports its record back through a
 pipe. Measured at window 1 on loopback, per block of server CPU: asyncio ``add_reader``
 callbacks 25-30 µs, uvloop 18-23 µs, a blocking ``recvfrom``/``preadv``/``sendto`` loop
-11-15 µs (less again on a connected socket, see ``transfer.py``). Threads running that loop share one GIL: 32 transfers at once took 1.7x
-as long as with one process each; processes also spread over all cores. The child only runs
-``ReadTransfer.run`` and leaves with ``os._exit``: it touches no lock another thread could hold
-(no logging, no event loop).
+11-15 µs, less again on a connected socket (see ``transfer.py``). Threads running that loop
+share one GIL: 32 transfers at once took 1.7x as long as with one process each; processes
+also spread over all cores. The child only runs ``ReadTransfer.run`` and leaves with
+``os._exit``: it touches no lock another thread could hold (no logging, no event loop).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import struct
@@ -359,6 +360,7 @@ class TftpServer:
             rec.duration = result["duration"]
             rec.sent = result["sent"]
             rec.retransmits = result["retransmits"]
+            rec.cpu = result["cpu"]
         except (ValueError, KeyError, TypeError):
             rec.outcome, rec.reason = "failed", "transfer process ended without a result"
         self._reap(child.pid, 100)
@@ -453,6 +455,12 @@ class _Child:
             os.kill(self.pid, signal.SIGTERM)
 
 
+def _cpu_seconds() -> float:
+    """User and system CPU time of this process so far (a transfer's, in its child)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 _CHILD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 
 
@@ -489,6 +497,7 @@ def _child_main(
             "duration": rec.duration,
             "sent": rec.sent,
             "retransmits": rec.retransmits,
+            "cpu": _cpu_seconds(),
         }
         os.write(wfd, json.dumps(result).encode())
     except BaseException:
