@@ -311,6 +311,28 @@ def test_foreign_tid_gets_error_5_and_transfer_goes_on(server: ServerThread) -> 
     assert (record.outcome, record.sent, record.retransmits) == ("ok", len(SMALL), 0)
 
 
+def test_lockstep_resend_inside_a_read_ahead_keeps_bytes_exact(server: ServerThread) -> None:
+    """A resend in the middle of the blocks read ahead (window 1) leaves every block exact."""
+    client = RawClient(server.port)
+    client.request("big")
+    out, block, held_back = b"", 1, {40, 41, 77}
+    while True:
+        packet = client.recv()
+        assert data_blocks([packet]) == [block & 0xFFFF]
+        if block in held_back:
+            held_back.discard(block)  # this ACK is "lost": the server's timer resends
+            continue
+        out += packet[4:]
+        client.send(encode_ack(block))
+        if len(packet) < 516:
+            break
+        block += 1
+    client.close()
+    assert out == BIG
+    (record,) = server.observer.wait_finished(1)
+    assert (record.outcome, record.retransmits) == ("ok", 3)
+
+
 def test_stray_error_is_not_answered_and_transfer_goes_on(server: ServerThread) -> None:
     """RFC 1350 section 7: an ERROR from a foreign TID is dropped, never answered."""
     client = RawClient(server.port)

@@ -51,6 +51,9 @@ PROBE_BYTES = 256 * 1024
 RESYNC_AFTER = 0.25
 # How often an idle transfer wakes up to check its deadlines (seconds).
 TICK = 0.1
+# Blocks read with one ``preadv`` ahead of the ACKs in lockstep (window 1): the next block is
+# then already a packet when its ACK comes, and a read costs one syscall per this many blocks.
+READ_AHEAD = 32
 # Opcodes as plain ints for the per-packet path (an IntEnum lookup costs more).
 _ACK, _ERROR = int(Opcode.ACK), int(Opcode.ERROR)
 
@@ -207,7 +210,9 @@ class ReadTransfer:
         self.tries = 0  # consecutive timeouts without progress
         step = self.blksize + 4
         self._step = step
-        self._buf = bytearray(step * min(self.window, self.nblocks))
+        self._lockstep = self.window == 1 and isinstance(source, OctetSource)
+        packets = READ_AHEAD if self._lockstep else self.window
+        self._buf = bytearray(step * max(1, min(packets, self.nblocks)))
         self._mv = memoryview(self._buf)
         count = len(self._buf) // step
         self._views = [self._mv[i * step + 4 : (i + 1) * step] for i in range(count)]
@@ -244,17 +249,24 @@ class ReadTransfer:
         sock, monotonic = self.sock, time.monotonic
         # Lockstep (window 1) from a plain file is the common case (barebox and U-Boot by
         # default): its ACK is handled right here, without the general window machinery.
-        lockstep = self.window == 1 and isinstance(self.source, OctetSource)
+        lockstep = self._lockstep
         fd = self.source.blob.fd if isinstance(self.source, OctetSource) else -1
-        views, buf, mv, bs = self._views[:1], self._buf, self._mv, self.blksize
-        full = mv[: 4 + bs]
-        last_full = self.nblocks - 1  # blocks before this one are followed by another
+        views, mv, bs, step = self._views, self._mv, self.blksize, self._step
+        # The buffer's packets as sent for full blocks; the file's last block may be short.
+        packets = [mv[i * step : i * step + 4 + bs] for i in range(len(views))]
+        nblocks = self.nblocks
+        last_full = nblocks - 1  # blocks before this one are followed by another
+        last_length = self.size - last_full * bs
+        # Lockstep reads ahead: packets[i] holds block ``ahead + i`` for i < ``held``. Anything
+        # else that sends (a resend, a timer) reuses the buffer, so it drops them (held = 0).
+        ahead = held = 0
         preadv, send, recv_into = os.preadv, sock.send, sock.recv_into
         pkt = bytearray(1024)  # an ACK is 4 bytes, an ERROR a few dozen
         while not self.done:
             try:
                 n = recv_into(pkt)
             except (BlockingIOError, TimeoutError, InterruptedError):
+                held = 0
                 self._on_timer()  # SO_RCVTIMEO ran out: nothing came for a tick
                 continue
             except ConnectionRefusedError:
@@ -281,10 +293,14 @@ class ReadTransfer:
                 ):
                     # The ACK of the block just sent: send the next one (same rules as
                     # ``_on_ack`` and ``_send_window`` for a window of one).
+                    i = sent + 1 - ahead
                     try:
-                        length = preadv(fd, views, sent * bs)
-                        buf[0:4] = DATA_HEADERS[(sent + 1) & 0xFFFF]
-                        send(full if length == bs else mv[: 4 + length])
+                        if not 0 <= i < held:
+                            preadv(fd, views, sent * bs)
+                            held = min(len(views), nblocks - sent)
+                            self._write_headers(sent + 1, held)
+                            ahead, i = sent + 1, 0
+                        send(packets[i] if sent < last_full else packets[i][: 4 + last_length])
                     except ConnectionRefusedError:
                         self._client_gone()
                         return
@@ -295,6 +311,7 @@ class ReadTransfer:
                     self._sent_at = self._progress_at = now = monotonic()
                     self._deadline = now + self.timeout
                     continue
+                held = 0
                 if self._on_ack((pkt[2] << 8) | pkt[3]):
                     continue  # a window went out: the deadline was just moved
             elif n >= 4 and pkt[1] == _ERROR and pkt[0] == 0:
@@ -302,6 +319,7 @@ class ReadTransfer:
             # Anything else from the client (a short ACK, DATA, a request) is ignored: the
             # timer and the client's own retransmissions recover.
             if not self.done and monotonic() >= self._deadline:
+                held = 0
                 self._on_timer()  # packets keep coming but none moves the transfer on
 
     def cancel(self, reason: str) -> None:
@@ -337,6 +355,12 @@ class ReadTransfer:
     def _send_error(self, code: ErrorCode, message: str) -> None:
         with contextlib.suppress(OSError):  # best effort: the transfer ends either way
             self.sock.send(encode_error(code, message))
+
+    def _write_headers(self, first: int, count: int) -> None:
+        """Put the DATA headers of blocks ``first`` .. ``first + count - 1`` in the buffer."""
+        buf, step = self._buf, self._step
+        for i in range(count):
+            buf[i * step : i * step + 4] = DATA_HEADERS[(first + i) & 0xFFFF]
 
     def _send_window(self, first: int, count: int | None = None) -> None:
         """Read and send ``count`` blocks (a window if None) from ``first`` (RFC 7440 sec. 4)."""
