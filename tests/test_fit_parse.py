@@ -234,3 +234,21 @@ def test_digest(algo: str, data: bytes, value: bytes) -> None:
 def test_unknown_hash_algo() -> None:
     with pytest.raises(FitError, match="unknown hash algo 'sha3'"):
         digest("sha3", b"")
+
+
+def test_pylibfdts_copy_of_the_blob_is_freed_after_the_parse(tmp_path: Path) -> None:
+    # pylibfdt copies the whole FIT (60 MB for a distribution kernel's); it must go with the
+    # parse, not wait for a garbage collection that may come much later.
+    import gc
+
+    import libfdt
+
+    data = sample_fit(tmp_path).fit.read_bytes()
+    gc.collect()
+    gc.disable()
+    try:
+        fit = Fit.from_bytes(data)
+        alive = [o for o in gc.get_objects() if isinstance(o, libfdt.FdtRo)]
+    finally:
+        gc.enable()
+    assert fit.configurations and alive == []

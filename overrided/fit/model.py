@@ -407,19 +407,49 @@ def _index(buf: Buffer, hdr: Header, where: str) -> tuple[dict[str, NodeRecord],
         fdt = libfdt.FdtRo(memoryview(buf)[: hdr.totalsize])
     except libfdt.FdtException as err:
         raise FitError(f"{where}: malformed FDT: {err}") from None
-    base = hdr.off_dt_struct
-    names: dict[int, str] = {}
-    nodes: dict[str, NodeRecord] = {}
+    walker = _Walker(buf, fdt, hdr.off_dt_struct, struct_end, strings, where)
+    try:
+        walker.walk(0, "/")
+    except libfdt.FdtException as err:
+        raise FitError(f"{where}: malformed FDT: {err}") from None
+    except struct.error:
+        raise FitError(f"{where}: truncated: structure block ends early") from None
+    return walker.nodes, strings
 
-    def prop_name(nameoff: int) -> str:
-        if nameoff not in names:
-            end = strings.find(b"\0", nameoff)
-            if nameoff >= len(strings) or end < 0:
-                raise FitError(f"{where}: malformed FDT: bad property name offset {nameoff}")
-            names[nameoff] = strings[nameoff:end].decode("utf-8", "backslashreplace")
-        return names[nameoff]
 
-    def walk(offset: int, path: str) -> NodeRecord:
+class _Walker:
+    """One walk of a structure block. (A class rather than a recursive closure: a closure that
+    calls itself is a reference cycle, which kept pylibfdt's copy of the blob, tens of MB,
+    alive until the next cyclic garbage collection.)"""
+
+    def __init__(
+        self, buf: Buffer, fdt: libfdt.FdtRo, base: int, struct_end: int, strings: bytes, where: str
+    ) -> None:
+        self.buf = buf
+        self.fdt = fdt
+        self.base = base
+        self.struct_end = struct_end
+        self.strings = strings
+        self.where = where
+        self.names: dict[int, str] = {}
+        self.nodes: dict[str, NodeRecord] = {}
+
+    def prop_name(self, nameoff: int) -> str:
+        if nameoff not in self.names:
+            end = self.strings.find(b"\0", nameoff)
+            if nameoff >= len(self.strings) or end < 0:
+                raise FitError(f"{self.where}: malformed FDT: bad property name offset {nameoff}")
+            self.names[nameoff] = self.strings[nameoff:end].decode("utf-8", "backslashreplace")
+        return self.names[nameoff]
+
+    def walk(self, offset: int, path: str) -> NodeRecord:
+        buf, fdt, base, struct_end, where = (
+            self.buf,
+            self.fdt,
+            self.base,
+            self.struct_end,
+            self.where,
+        )
         begin = base + offset
         name_end = buf.find(b"\0", begin + 4, struct_end)
         if name_end < 0:
@@ -431,13 +461,13 @@ def _index(buf: Buffer, hdr: Header, where: str) -> tuple[dict[str, NodeRecord],
         p = fdt.first_property_offset(offset, quiet=(libfdt.NOTFOUND,))
         while p >= 0:
             _, length, nameoff = PROP_HEADER.unpack_from(buf, base + p)
-            prop = PropRecord(prop_name(nameoff), nameoff, base + p, length)
+            prop = PropRecord(self.prop_name(nameoff), nameoff, base + p, length)
             rec.props.setdefault(prop.name, prop)
             pos = prop.end
             p = fdt.next_property_offset(p, quiet=(libfdt.NOTFOUND,))
         child = fdt.first_subnode(offset, quiet=(libfdt.NOTFOUND,))
         while child >= 0:
-            sub = walk(child, f"{path.rstrip('/')}/{fdt.get_name(child)}")
+            sub = self.walk(child, f"{path.rstrip('/')}/{fdt.get_name(child)}")
             rec.children.append(sub.name)
             pos = sub.end
             child = fdt.next_subnode(child, quiet=(libfdt.NOTFOUND,))
@@ -446,13 +476,5 @@ def _index(buf: Buffer, hdr: Header, where: str) -> tuple[dict[str, NodeRecord],
         if pos + 4 > struct_end or struct.unpack_from(">I", buf, pos)[0] != FDT_END_NODE:
             raise FitError(f"{where}: malformed FDT: {path} does not end at {pos:#x}")
         rec.end = pos + 4
-        nodes[path] = rec
+        self.nodes[path] = rec
         return rec
-
-    try:
-        walk(0, "/")
-    except libfdt.FdtException as err:
-        raise FitError(f"{where}: malformed FDT: {err}") from None
-    except struct.error:
-        raise FitError(f"{where}: truncated: structure block ends early") from None
-    return nodes, strings
