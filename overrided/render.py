@@ -264,7 +264,8 @@ def _render_with(
         # The trimmed FIT: only the matched configuration, set as default, with sha256 hashes
         # (barebox refuses crc32: design.md), signed when the board asks for it.
         out = store.temp_path(".fit")
-        trim(fit, m.config, out, add_hashes=True)
+        written = hashlib.sha256()
+        trim(fit, m.config, out, add_hashes=True, sha256=written)
         if board.sign:
             from overrided.fit.sign import sign_configuration
             from overrided.keys import load_signing_key
@@ -280,7 +281,8 @@ def _render_with(
                 timestamp=fit.timestamp or int(build.fit.stat().st_mtime),
             )
             out.write_bytes(signed)
-        fit_blob = store.adopt(out)
+            written = hashlib.sha256(signed)
+        fit_blob = store.adopt(out, written.hexdigest())
         fit_name = publish("fit", fit_blob.digest)
 
         kernel_name: str | None = None

@@ -126,9 +126,10 @@ class Store:
         os.close(fd)
         return Path(name)
 
-    def adopt(self, path: Path) -> Blob:
-        """Move a finished temp file into the store under its content hash."""
-        digest = digest_of_file(path)
+    def adopt(self, path: Path, digest: str | None = None) -> Blob:
+        """Move a finished temp file into the store under its content hash (``digest``, when
+        the writer hashed the bytes as it wrote them)."""
+        digest = digest or digest_of_file(path)
         target = self.path_of(digest)
         if target.exists():
             path.unlink()

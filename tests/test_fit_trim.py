@@ -293,3 +293,29 @@ def test_signature_survives_inserting_default(tmp_path: Path) -> None:
     assert Fit.from_bytes(trimmed).default == "conf-c"
     assert hashed_bytes(trimmed, "conf-c") == hashed_bytes(sample.fit.read_bytes(), "conf-c")
     verify(trimmed, "conf-c", keys / "dev.crt")
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("source", ["file", "bytes"])
+def test_trim_hashes_what_it_writes(layout: str, source: str, tmp_path: Path) -> None:
+    # A 3 MiB kernel: ranges that big are copied in the kernel (copy_file_range) from a
+    # mapped file, and must be hashed all the same.
+    kernel = tmp_path / "Image"
+    kernel.write_bytes(bytes(range(251)) * ((3 << 20) // 251 + 1))
+    dtb = board_dtb(tmp_path / "a.dtb", ["v,board-a"])
+    its = its_source(
+        [ItsImage("kernel", kernel, "kernel", os="linux"), ItsImage("fdt-a", dtb, "flat_dt")],
+        [ItsConfig("conf-a", "kernel", fdt=["fdt-a"])],
+    )
+    made = mkimage_fit(its, tmp_path / "big.itb", **LAYOUTS[layout])
+    fit = Fit.open(made) if source == "file" else Fit.from_bytes(made.read_bytes(), made)
+    with fit:
+        for add_hashes in (False, True):
+            out = tmp_path / f"t-{add_hashes}.itb"
+            h = hashlib.sha256()
+            size = trim(fit, "conf-a", out, add_hashes=add_hashes, sha256=h)
+            assert size == out.stat().st_size > 3 << 20
+            assert h.hexdigest() == hashlib.sha256(out.read_bytes()).hexdigest()
+            stream, h2 = io.BytesIO(), hashlib.sha256()
+            trim(fit, "conf-a", stream, add_hashes=add_hashes, sha256=h2)
+            assert h2.hexdigest() == h.hexdigest()

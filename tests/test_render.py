@@ -3,6 +3,7 @@ modules CPIOs from GNU cpio, keys from the keys module, and the store on disk.""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -77,6 +78,9 @@ def test_served_names_of_a_board(setup: tuple[Build, RenderContext]) -> None:
     assert r.versioned == {n for n in names if re.search(r"-[0-9a-f]{12}$", n)}
     for name in r.versioned:
         assert r.names[name].startswith(name[-12:])
+    # Every blob is named by the sha256 of its bytes (the FIT's is taken while it is written).
+    for digest in set(r.names.values()):
+        assert hashlib.sha256(blob(ctx, digest)).hexdigest() == digest
     assert r.info.configuration == "conf-a" and r.info.build == "b1"
 
 
@@ -129,6 +133,7 @@ def test_signed_board_gets_a_signed_fit_and_forced_boards_a_warning(
     )
     r = render_board(board, [build], ctx)
     fit_bytes = blob(ctx, r.names[r.info.artifacts["fit"]])
+    assert hashlib.sha256(fit_bytes).hexdigest() == r.names[r.info.artifacts["fit"]]
     report = verify(fit_bytes, public_key_of(ctx.keys_dir, "lab"))
     assert report.ok, report.lines()
     assert FORCED_SIGNING_WARNING in r.info.warnings

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from overrided.fit.hashes import digest
 from overrided.fit.model import (
@@ -39,6 +39,9 @@ from overrided.fit.model import (
     NodeRecord,
     align4,
 )
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
 
 # A piece of output: literal bytes, or (file offset, length) of a range of the source.
 Segment = bytes | tuple[int, int]
@@ -215,11 +218,19 @@ def _rsvmap(fit: Fit) -> bytes:
             return bytes(buf[off:end])
 
 
-def trim(fit: Fit, config: str, out: Path | BinaryIO, *, add_hashes: bool = False) -> int:
+def trim(
+    fit: Fit,
+    config: str,
+    out: Path | BinaryIO,
+    *,
+    add_hashes: bool = False,
+    sha256: Hash | None = None,
+) -> int:
     """Write a FIT holding only `config` (made default) and its images to `out`; return its size.
 
     With `add_hashes`, images without a hash node get ``hash-1`` (sha256); see the module
-    docstring for which edits keep an existing configuration signature valid.
+    docstring for which edits keep an existing configuration signature valid. `sha256`, if
+    given, is updated with every byte written, from the same buffers (no reading back).
     """
     segments = plan(fit, config, add_hashes=add_hashes)
     if isinstance(out, Path):
@@ -231,7 +242,7 @@ def trim(fit: Fit, config: str, out: Path | BinaryIO, *, add_hashes: bool = Fals
         except OSError as err:
             raise FitError(f"{out}: cannot write: {err.strerror}") from None
         try:
-            return write_segments(fit, segments, fd)
+            return write_segments(fit, segments, fd, sha256=sha256)
         finally:
             os.close(fd)
     view = memoryview(fit.buffer)
@@ -239,6 +250,8 @@ def trim(fit: Fit, config: str, out: Path | BinaryIO, *, add_hashes: bool = Fals
     for seg in segments:
         chunk = seg if isinstance(seg, bytes) else view[seg[0] : seg[0] + seg[1]]
         out.write(chunk)
+        if sha256 is not None:
+            sha256.update(chunk)
         total += len(chunk)
     return total
 
@@ -252,9 +265,12 @@ def trim_bytes(fit: Fit, config: str, *, add_hashes: bool = False) -> bytes:
     )
 
 
-def write_segments(fit: Fit, segments: Sequence[Segment], fd: int) -> int:
+def write_segments(
+    fit: Fit, segments: Sequence[Segment], fd: int, *, sha256: Hash | None = None
+) -> int:
     """Write `segments` to file descriptor `fd`: small pieces gathered into writev calls,
-    big source ranges copied in the kernel (copy_file_range, else sendfile)."""
+    big source ranges copied in the kernel (copy_file_range, else sendfile). `sha256`, if
+    given, is updated with the segments in order."""
     view = memoryview(fit.buffer)
     src = fit.fileno()
     pending: list[bytes | memoryview] = []
@@ -275,6 +291,10 @@ def write_segments(fit: Fit, segments: Sequence[Segment], fd: int) -> int:
                     done = 0
 
     for seg in segments:
+        if sha256 is not None:
+            # The source is immutable (bytes, or a read-only store blob): what is hashed here
+            # is what gets written.
+            sha256.update(seg if isinstance(seg, bytes) else view[seg[0] : seg[0] + seg[1]])
         if isinstance(seg, bytes):
             pending.append(seg)
             total += len(seg)
