@@ -18,7 +18,6 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -351,11 +350,11 @@ def index_build(
 ) -> Build:
     """Index one build folder; problems become ``Build.error``, never exceptions.
 
-    With ``hash_modules``, the modules CPIOs are hashed into ``store.digests`` on another
-    thread while the FIT is parsed, so that the render that follows (its initrd is cached by
-    content) finds their digests for the price of a stat instead of hashing them after the
-    parse. Worth it for a build that just landed, which the boards are about to pick; not for
-    every build at start-up, which no board may use.
+    With ``hash_modules``, the modules CPIOs start being hashed into ``store.digests`` (by its
+    hash process) before the FIT is parsed, so that the render that follows (its initrd is
+    cached by content) waits for the end of that hash instead of starting it after the parse
+    and the trim. Worth it for a build that just landed, which the boards are about to pick;
+    not for every build at start-up, which no board may use.
     """
     name = path.name
     try:
@@ -363,16 +362,13 @@ def index_build(
         wait_quiet(inputs.files(), quiet)
         # Look again: files may have been renamed into place while we waited.
         inputs = find_inputs(path)
-        if not hash_modules or not inputs.modules or _fit_still_growing(inputs.fit):
-            # (A FIT still being written fails the index at once: hashing modules that may
-            # still be copied too would only hold up the refresh that follows.)
-            return _index(name, path, inputs, store, fits)
-        # sha256 and file reads release the GIL: the hash runs beside the FIT parse.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"digest-{name}") as pool:
+        # (A FIT still being written fails the index at once: hashing modules that may still
+        # be copied too would only compete with the refresh that follows.)
+        if hash_modules and not _fit_still_growing(inputs.fit):
             for m in inputs.modules:
-                # A failure here (file gone) shows again, with its name, where it matters.
-                pool.submit(store.digests.of, m)
-            return _index(name, path, inputs, store, fits)
+                # The hash runs in another process (HashProcess), beside the FIT parse.
+                store.digests.start(m)
+        return _index(name, path, inputs, store, fits)
     except OverridedError as err:
         return Build(name=name, path=path, error=str(err))
     except OSError as err:

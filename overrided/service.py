@@ -112,6 +112,7 @@ class OverridedService:
     async def start(self) -> None:
         """Index everything once, publish, and start watching the two folders."""
         self.builds_dir.mkdir(parents=True, exist_ok=True)
+        self.store.digests.process.start()  # not at the first new build, which waits for it
         await self.refresh(None, boards=True)
         self._tasks.append(asyncio.create_task(self._watch(), name="watch"))
         self._tasks.append(asyncio.create_task(self._collect(), name="gc"))
@@ -123,7 +124,7 @@ class OverridedService:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         async with self._lock:
-            pass
+            await asyncio.to_thread(self.store.digests.close)
 
     async def _watch(self) -> None:
         async for changes in builds_mod.watch(

@@ -136,3 +136,61 @@ def test_file_digests_are_remembered_until_the_file_changes(
     assert digests.peek(path) is None
     assert digests.of(path) == hashlib.sha256(b"v2 longer").hexdigest()
     assert hashed == [path, path]
+
+
+def test_big_files_are_hashed_by_the_hash_process(tmp_path: Path) -> None:
+    from overrided.store import FileDigests
+
+    big = tmp_path / "modules.cpio"
+    big.write_bytes(bytes(range(256)) * (5 << 12))  # 5 MiB: above the in-process size
+    digests = FileDigests()
+    try:
+        assert digests.of(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+        proc = digests.process._proc
+        assert proc is not None and proc.poll() is None  # it answered, and it stays
+        # A missing file fails the way a local read does.
+        with pytest.raises(FileNotFoundError):
+            digests.process.digest(tmp_path / "gone.cpio")
+        # The process dies: hashes are made here instead, still right.
+        proc.kill()
+        proc.wait()
+        big.write_bytes(b"\1" * (5 << 20))
+        assert digests.of(big) == hashlib.sha256(b"\1" * (5 << 20)).hexdigest()
+        assert digests.process._proc is None
+    finally:
+        digests.close()
+
+
+def test_a_hash_started_ahead_is_not_computed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from overrided.store import FileDigests
+
+    path = tmp_path / "modules.cpio"
+    path.write_bytes(b"modules")
+    digests = FileDigests()
+    release = threading.Event()
+    hashed: list[Path] = []
+
+    def slow_hash(p: Path) -> str:
+        hashed.append(p)
+        release.wait(10)
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    monkeypatch.setattr(digests, "hash", slow_hash)
+    try:
+        digests.start(path)  # the render asks while this still runs
+        answers: list[str] = []
+        asker = threading.Thread(target=lambda: answers.append(digests.of(path)))
+        asker.start()
+        release.set()
+        asker.join(10)
+        assert answers == [hashlib.sha256(b"modules").hexdigest()]
+        assert hashed == [path]
+        digests.start(path)  # known now: nothing started
+        digests.settle()
+        assert hashed == [path]
+    finally:
+        digests.close()
