@@ -1,9 +1,13 @@
 # overrided: per-board FITs, initrds and barebox devboot scripts over TFTP and HTTP.
 #
 #   docker build -t overrided .
-#   docker run --rm -p 69:69/udp -p 8080:8080 \
+#   docker run --rm -p 69:69/udp -p 8080:8080 --cap-add LEASE \
 #     -v "$PWD/boards:/srv/boards:ro" -v "$PWD/kernel-builds:/srv/kernel-builds" \
 #     -v overrided-state:/var/lib/overrided overrided
+#
+# CAP_LEASE lets overrided (root in the container, not the owner of your files) see that a file
+# in kernel-builds/ is still open for writing and index it the moment it is closed; without it,
+# it waits for files to stop changing (kernel-builds/README.md).
 #
 # TFTP needs the board to reach the container's port 69/udp directly: with NAT, TFTP's reply
 # comes from a new port (RFC 1350 TIDs), which `-p` mappings handle only with the host network

@@ -6,16 +6,22 @@ it holds ``image.fit`` (anywhere below, e.g. ``arch/arm64/boot/image.fit``) or a
 in the store by the inputs' hashes). ``modules-*.cpio*`` files are its modules.
 
 Files whose name starts with ``.`` are never inputs: an upload is written under a dot-name and
-renamed into place when complete. Files modified less than ``quiet`` seconds ago are waited for,
-and a FIT that fails to parse (e.g. truncated) makes the build unusable rather than half-used.
+renamed into place when complete. A build whose inputs some process still holds open for writing
+is not indexed yet (``Build.writing``): the service indexes it once they are closed. Where the
+kernel cannot tell whether a file is open for writing (see ``open_for_writing``), files modified
+less than ``quiet`` seconds ago are waited for instead. Either way a FIT that fails to parse
+(e.g. truncated) makes the build unusable rather than half-used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import os
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -61,6 +67,7 @@ class Build:
     mtime: float = 0.0  # newest input's mtime: orders builds for "latest"
     indexed_at: float = field(default_factory=time.time)
     error: str | None = None
+    writing: tuple[Path, ...] = ()  # inputs still open for writing: not indexed yet
 
     @property
     def usable(self) -> bool:
@@ -226,6 +233,67 @@ def wait_quiet(files: Iterable[Path], quiet: float, *, limit: float = 30.0) -> N
         time.sleep(quiet - age)
 
 
+# fcntl(2) F_SETSIG (Python's fcntl module does not name it): which signal breaking our lease
+# sends us. The default, SIGIO, terminates a process that does not handle it.
+_F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
+# A file held open but left unchanged this long counts as written: a writer that keeps its
+# output open (a shell's `exec 3>file`, a stalled copy) must not hold its build back for ever;
+# the parse still tells a complete FIT from a truncated one.
+IDLE_WRITER = 2.0
+
+
+def open_for_writing(path: Path) -> bool | None:
+    """Whether a process holds ``path`` open for writing; ``None`` when the kernel will not say.
+
+    Linux refuses a read lease (fcntl(2) F_SETLEASE, F_RDLCK) with EAGAIN while any process
+    has the file open for writing, and grants it otherwise; a granted lease is dropped at once.
+    Leases are granted to the file's owner and to processes with CAP_LEASE, on file systems
+    that support them; elsewhere (EACCES, EINVAL, not Linux) the answer is ``None``.
+    """
+    setlease = getattr(fcntl, "F_SETLEASE", None)
+    if setlease is None:
+        return None
+    try:
+        # O_NONBLOCK: a file under someone's write lease fails at once instead of waiting.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        # While we hold the lease (microseconds), a writer's open(2) breaks it and the kernel
+        # signals us: make that SIGURG, which is ignored unless handled, not SIGIO.
+        fcntl.fcntl(fd, _F_SETSIG, signal.SIGURG)
+        try:
+            fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
+        except OSError as err:
+            return True if err.errno == errno.EAGAIN else None
+        fcntl.fcntl(fd, setlease, fcntl.F_UNLCK)
+        return False
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def being_written(files: Iterable[Path], *, idle: float = IDLE_WRITER) -> list[Path] | None:
+    """The files a process holds open for writing and modified within ``idle`` seconds;
+    ``None`` when that cannot be known for one of them. Files that went away are left out."""
+    busy: list[Path] = []
+    for path in files:
+        state = open_for_writing(path)
+        if state is None:
+            if path.exists():
+                return None
+            continue
+        if state:
+            try:
+                age = time.time() - path.stat().st_mtime
+            except OSError:
+                continue
+            if age < idle:
+                busy.append(path)
+    return busy
+
+
 def open_fit(path: Path) -> Fit:
     """Parse the FIT at ``path``: mapped when it is a store blob (immutable), else read.
 
@@ -350,6 +418,10 @@ def index_build(
 ) -> Build:
     """Index one build folder; problems become ``Build.error``, never exceptions.
 
+    Inputs that a process still holds open for writing make a ``Build`` with ``writing`` set
+    and an error saying so, without reading anything; where that cannot be known, the inputs
+    must have stayed unchanged for ``quiet`` seconds (waited for).
+
     With ``hash_modules``, the modules CPIOs start being hashed into ``store.digests`` (by its
     hash process) before the FIT is parsed, so that the render that follows (its initrd is
     cached by content) waits for the end of that hash instead of starting it after the parse
@@ -359,9 +431,19 @@ def index_build(
     name = path.name
     try:
         inputs = find_inputs(path)
-        wait_quiet(inputs.files(), quiet)
-        # Look again: files may have been renamed into place while we waited.
-        inputs = find_inputs(path)
+        writing = being_written(inputs.files())
+        if writing:
+            files = ", ".join(str(p.relative_to(path)) for p in writing)
+            return Build(
+                name=name,
+                path=path,
+                error=f"{name}: {files}: still open for writing by another process",
+                writing=tuple(writing),
+            )
+        if writing is None:
+            wait_quiet(inputs.files(), quiet)
+            # Look again: files may have been renamed into place while we waited.
+            inputs = find_inputs(path)
         # (A FIT still being written fails the index at once: hashing modules that may still
         # be copied too would only compete with the refresh that follows.)
         if hash_modules and not _fit_still_growing(inputs.fit):

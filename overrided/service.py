@@ -105,6 +105,10 @@ class OverridedService:
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Builds whose inputs were still open for writing when last indexed, and the tasks
+        # that index them again once their writers closed them.
+        self._writing: dict[str, tuple[Path, ...]] = {}
+        self._writer_waits: dict[str, asyncio.Task[None]] = {}
         self._versioned_ever: set[str] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -120,9 +124,10 @@ class OverridedService:
     async def close(self) -> None:
         """Stop watching; in-flight renders finish first."""
         self._stop.set()
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._writer_waits.values()]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         async with self._lock:
             await asyncio.to_thread(self.store.digests.close)
 
@@ -170,6 +175,33 @@ class OverridedService:
         async with self._lock:
             await asyncio.to_thread(self._refresh_sync, changed, boards)
             self._publish()
+            for name in self._writing:
+                if name not in self._writer_waits and not self._stop.is_set():
+                    self._writer_waits[name] = asyncio.create_task(
+                        self._await_writers(name), name=f"writers-{name}"
+                    )
+
+    async def _await_writers(self, name: str) -> None:
+        """Index ``name`` again as soon as no process holds its inputs open for writing.
+
+        The watcher reports writes, not closes, so the closing is polled: a few syscalls per
+        file every 5 ms at first (a FIT is written within a fraction of a second), then less
+        often for a slow copy. The files are those the last index of ``name`` waited for.
+        """
+        try:
+            start = time.monotonic()
+            while not self._stop.is_set():
+                waited = time.monotonic() - start
+                await asyncio.sleep(0.005 if waited < 1.0 else 0.05 if waited < 30.0 else 0.5)
+                files = self._writing.get(name)
+                if files is None:
+                    return  # indexed meanwhile
+                if not await asyncio.to_thread(builds_mod.being_written, files):
+                    break
+        finally:
+            del self._writer_waits[name]
+        if name in self._writing and not self._stop.is_set():
+            await self.refresh({name})
 
     def _refresh_sync(self, changed: set[str] | None, boards: bool) -> None:
         if boards:
@@ -201,6 +233,7 @@ class OverridedService:
         t0 = time.monotonic()
         if folder is None or not folder.is_dir():
             self._rejected.pop(name, None)
+            self._writing.pop(name, None)
             if name in self._builds:
                 # Replaced, never mutated: lookups on the loop read it while a refresh runs.
                 self._builds = {k: v for k, v in self._builds.items() if k != name}
@@ -216,6 +249,16 @@ class OverridedService:
         )
         duration = time.monotonic() - t0
         previous = self._builds.get(name)
+        if build.writing:
+            # Not ready yet, not broken: indexed again when its writers close the files.
+            if self._writing.get(name) != build.writing:
+                log.info("build %s: waiting: %s", name, build.error)
+            self._writing[name] = build.writing
+        else:
+            self._writing.pop(name, None)
+        if build.writing and previous is not None and previous.usable:
+            self._rejected[name] = build
+            return previous
         if build.error and previous is not None and previous.usable:
             # A rewrite caught half-way, or a broken one: never fall back to another build
             # behind the developer's back; boards keep this build's previous render.
@@ -231,7 +274,9 @@ class OverridedService:
             return previous
         self._rejected.pop(name, None)
         self._builds = {**self._builds, name: build}
-        if build.error:
+        if build.writing:
+            pass  # logged above, once per set of files
+        elif build.error:
             log.error("build %s: %s", name, build.error)
             self.events.publish(
                 Event(

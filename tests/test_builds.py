@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from overrided.builds import (
     Build,
+    being_written,
     classify,
     find_inputs,
     index_build,
     latest,
+    open_for_writing,
     release_in_modules_cpio,
     release_of_modules_name,
     watch,
@@ -266,3 +269,62 @@ async def test_a_burst_of_writes_is_one_batch(tmp_path: Path) -> None:
     await asyncio.wait_for(task, 10)
     assert len(batches) == 1
     assert batches[0].builds == {"b1"}
+
+
+def test_open_for_writing_tells_writers_from_readers(tmp_path: Path) -> None:
+    path = tmp_path / "image.fit"
+    path.write_bytes(b"fit")
+    assert open_for_writing(path) is False
+    for mode, writing in (("ab", True), ("rb", False)):
+        with path.open(mode):  # a writer or a reader: this process is as good as any
+            assert open_for_writing(path) is writing
+    assert open_for_writing(path) is False
+    assert open_for_writing(tmp_path / "missing") is None
+
+
+def test_a_writer_opening_during_the_probe_does_not_kill_the_service(tmp_path: Path) -> None:
+    # While a probe holds its lease, a writer's open(2) breaks it and the kernel signals the
+    # prober; with the default signal (SIGIO) that ends the process. Probe in a child process
+    # against a writer that opens the file thousands of times, and see the child survive.
+    path = tmp_path / "image.fit"
+    path.write_bytes(b"fit")
+    code = (
+        "import subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from overrided.builds import open_for_writing\n"
+        "p = Path(sys.argv[1])\n"
+        "w = subprocess.Popen(['sh', '-c', 'for i in $(seq 3000); do echo x >> \"$0\"; done', p])\n"
+        "n = 0\n"
+        "while w.poll() is None:\n"
+        "    open_for_writing(p)\n"
+        "    n += 1\n"
+        "print(n)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) > 0
+
+
+def test_a_build_still_open_for_writing_is_not_indexed(tmp_path: Path, sample: Path) -> None:
+    b = tmp_path / "builds" / "b"
+    b.mkdir(parents=True)
+    store = Store(tmp_path / "st")
+    with (b / "image.fit").open("wb") as f:
+        f.write(sample.read_bytes())  # all of it: only the writer knows it is not done
+        f.flush()
+        build = index_build(b, store)
+        assert not build.usable and build.writing == (b / "image.fit",)
+        assert build.error == "b: image.fit: still open for writing by another process"
+        assert being_written([b / "image.fit"]) == [b / "image.fit"]
+        # A writer that left the file untouched for a while does not hold the build back.
+        assert being_written([b / "image.fit"], idle=0.0) == []
+    assert being_written([b / "image.fit"]) == []
+    build = index_build(b, store)
+    assert build.usable and not build.writing

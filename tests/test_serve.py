@@ -225,6 +225,35 @@ def test_half_written_fit_is_never_used(
         assert "sha1" in dumpimage_list(fit_path)
 
 
+def test_a_fit_still_open_for_writing_waits_for_its_writer(
+    tmp_path: Path, fits: tuple[Path, Path], modules: Path
+) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    drop_build(srv.builds, "b1", fits[0], modules)
+    with srv:
+        first = srv.tftp_get("afa-devboot-board-a")
+        b2 = srv.builds / "b2"
+        b2.mkdir()
+        with (b2 / "image.fit").open("wb") as f:
+            # Every byte is there, but only the writer knows that it is done.
+            f.write(fits[1].read_bytes())
+            f.flush()
+            srv.wait_for(
+                lambda: any(
+                    b["name"] == "b2" and "still open for writing" in (b["error"] or "")
+                    for b in srv.api("/api/builds")
+                ),
+                what="b2 waiting for its writer",
+            )
+            assert srv.tftp_get("afa-devboot-board-a") == first
+        # Closing the file writes nothing, and the watcher reports no change: the service
+        # notices the close by itself.
+        script = wait_script(srv, "afa-devboot-board-a", r"# build b2")
+        srv.tftp_get(script_vars(script)["devboot_image"], tmp_path / "b2.fit")
+        assert "sha1" in dumpimage_list(tmp_path / "b2.fit")
+
+
 def test_broken_rewrite_of_a_build_keeps_its_previous_contents(
     tmp_path: Path, fits: tuple[Path, Path], modules: Path
 ) -> None:
