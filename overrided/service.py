@@ -246,6 +246,7 @@ class OverridedService:
             quiet=self.settings.quiet,
             fits=self.ctx.fits,
             hash_modules=hash_modules,
+            previous=self._builds.get(name),
         )
         duration = time.monotonic() - t0
         previous = self._builds.get(name)

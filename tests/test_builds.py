@@ -328,3 +328,27 @@ def test_a_build_still_open_for_writing_is_not_indexed(tmp_path: Path, sample: P
     assert being_written([b / "image.fit"]) == []
     build = index_build(b, store)
     assert build.usable and not build.writing
+
+
+def test_an_unchanged_build_is_not_parsed_again(
+    tmp_path: Path, sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overrided import builds
+
+    b = tmp_path / "builds" / "b"
+    b.mkdir(parents=True)
+    shutil.copyfile(sample, b / "image.fit")
+    store = Store(tmp_path / "st")
+    first = index_build(b, store)
+    parsed: list[Path] = []
+    real = builds.configurations_of
+    monkeypatch.setattr(
+        builds, "configurations_of", lambda p, fits=None: parsed.append(p) or real(p, fits)
+    )
+    assert index_build(b, store, previous=first) is first
+    assert parsed == []
+    # Any change of an input (here a modules CPIO appears) is indexed anew.
+    modules_cpio(b / "modules-6.1.0-56-arm64.cpio", "6.1.0-56-arm64")
+    second = index_build(b, store, previous=first)
+    assert parsed == [b / "image.fit"]
+    assert second.usable and second.release == "6.1.0-56-arm64"
