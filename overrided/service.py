@@ -277,6 +277,8 @@ class OverridedService:
         self._builds = {**self._builds, name: build}
         if build.writing:
             pass  # logged above, once per set of files
+        elif build is previous:
+            log.debug("build %s: unchanged since its last index", name)
         elif build.error:
             log.error("build %s: %s", name, build.error)
             self.events.publish(
