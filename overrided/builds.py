@@ -430,16 +430,22 @@ def index_build(
     must have stayed unchanged for ``quiet`` seconds (waited for).
 
     With ``hash_modules``, the modules CPIOs start being hashed into ``store.digests`` (by its
-    hash process) before the FIT is parsed, so that the render that follows (its initrd is
-    cached by content) waits for the end of that hash instead of starting it after the parse
-    and the trim. Worth it for a build that just landed, which the boards are about to pick;
-    not for every build at start-up, which no board may use.
+    hash process) before the FIT is parsed, or as soon as they are written when the FIT is
+    still being written, so that the render that follows (its initrd is cached by content)
+    waits for the end of that hash instead of starting it after the parse and the trim. Worth
+    it for a build that just landed, which the boards are about to pick; not for every build at
+    start-up, which no board may use.
     """
     name = path.name
     try:
         inputs = find_inputs(path)
         writing = being_written(inputs.files())
         if writing:
+            if hash_modules:
+                # Modules copied in before the FIT: hash them while the FIT is being written.
+                for m in inputs.modules:
+                    if m not in writing:
+                        store.digests.start(m)
             files = ", ".join(str(p.relative_to(path)) for p in writing)
             return Build(
                 name=name,

@@ -352,3 +352,26 @@ def test_an_unchanged_build_is_not_parsed_again(
     second = index_build(b, store, previous=first)
     assert parsed == [b / "image.fit"]
     assert second.usable and second.release == "6.1.0-56-arm64"
+
+
+def test_modules_written_before_the_fit_are_hashed_while_it_is_written(
+    tmp_path: Path, sample: Path
+) -> None:
+    b = tmp_path / "builds" / "b"
+    b.mkdir(parents=True)
+    mods = modules_cpio(b / "modules-6.1.0-56-arm64.cpio", "6.1.0-56-arm64")
+    store = Store(tmp_path / "st")
+    with (b / "image.fit").open("wb") as fit:
+        fit.write(sample.read_bytes())
+        build = index_build(b, store, hash_modules=True)
+        assert build.writing == (b / "image.fit",)
+        store.digests.settle()
+        assert store.digests.peek(mods) == digest_of_file(mods)
+    # A modules CPIO still being written is left alone.
+    late = b / "modules-6.1.0-57-arm64.cpio"
+    with late.open("wb") as f:
+        f.write(mods.read_bytes())
+        f.flush()
+        assert index_build(b, store, hash_modules=True).writing == (late,)
+        store.digests.settle()
+        assert store.digests.peek(late) is None
