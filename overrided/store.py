@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _Signature = tuple[int, int, int]  # size, mtime (ns), inode
-# Files at least this big are hashed by the hash process (``HashProcess``).
+# Files at least this big are hashed by the hash process (``HashProcess``), which runs this.
 _BIG_FILE = 4 << 20
+_PROGRAM = "digest_process.py"
 
 
 class StoreError(OverridedError):
@@ -44,26 +45,6 @@ def digest_of_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-# What the hash process runs: read a hex-encoded path per line, answer its sha256 in hex, or
-# "! <errno> <message>". Started with -I -S, it imports nothing but hashlib (20 ms to start).
-_HASH_PROCESS_CODE = """
-import hashlib, sys
-buf = bytearray(1 << 20)
-view = memoryview(buf)
-for line in sys.stdin.buffer:
-    try:
-        h = hashlib.sha256()
-        with open(bytes.fromhex(line.decode().strip()), "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                h.update(view[:n])
-        answer = h.hexdigest()
-    except OSError as err:
-        answer = "! %d %s" % (err.errno or 0, err.strerror or err)
-    sys.stdout.write(answer + "\\n")
-    sys.stdout.flush()
-"""
-
-
 class HashProcess:
     """sha256 of big files, computed by a child process of our own.
 
@@ -72,6 +53,7 @@ class HashProcess:
     from the parsing thread, and the TFTP server forks a process per transfer, which makes the
     hash buffer's pages fault again on their next write (copy-on-write). A process of its own
     has neither. One file at a time; when the process cannot run, files are hashed here.
+    Its program is ``digest_process.py``, run as a script.
     """
 
     def __init__(self) -> None:
@@ -88,7 +70,7 @@ class HashProcess:
         if self._proc is None and not self._failed:
             try:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _HASH_PROCESS_CODE],
+                    [sys.executable, "-I", "-S", str(Path(__file__).with_name(_PROGRAM))],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                 )
