@@ -18,7 +18,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class HashProcess:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._end: Callable[[], object] | None = None
         self._failed = False
 
     def start(self) -> None:
@@ -74,6 +76,8 @@ class HashProcess:
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                 )
+                # Also ended when this object is dropped without close() (tests, tools).
+                self._end = weakref.finalize(self, _end_process, self._proc)
             except OSError as err:
                 log.warning("store: no hash process (%s): hashing in the service", err)
                 self._failed = True
@@ -102,22 +106,27 @@ class HashProcess:
         return digest_of_file(path)
 
     def _stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._proc = None
+        if self._end is not None:
+            self._end()  # runs _end_process once
 
     def close(self) -> None:
         """Stop the process (it also stops by itself when this process ends)."""
         with self._lock:
             self._stop()
+
+
+def _end_process(proc: subprocess.Popen[bytes]) -> None:
+    """Close the hash process's input (it then exits) and reap it."""
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def fingerprint(path: Path) -> str:

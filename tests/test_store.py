@@ -194,3 +194,19 @@ def test_a_hash_started_ahead_is_not_computed_again(
         assert hashed == [path]
     finally:
         digests.close()
+
+
+def test_the_hash_process_ends_with_its_owner(tmp_path: Path) -> None:
+    import gc
+
+    from overrided.store import HashProcess
+
+    big = tmp_path / "big"
+    big.write_bytes(b"\0" * (5 << 20))
+    hp = HashProcess()
+    assert hp.digest(big) == hashlib.sha256(b"\0" * (5 << 20)).hexdigest()
+    proc = hp._proc
+    assert proc is not None and proc.poll() is None
+    del hp
+    gc.collect()
+    assert proc.returncode == 0  # reaped: it saw its input end and left
