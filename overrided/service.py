@@ -173,6 +173,8 @@ class OverridedService:
     async def refresh(self, changed: set[str] | None, *, boards: bool = False) -> None:
         """Re-index ``changed`` builds (``None``: all), reload boards if asked, render, publish."""
         async with self._lock:
+            if self._stop.is_set():
+                return  # closing: a refresh queued behind close() would start hashing again
             await asyncio.to_thread(self._refresh_sync, changed, boards)
             self._publish()
             for name in self._writing:

@@ -225,7 +225,12 @@ class FileDigests:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest")
             pool = self._pool
-        pool.submit(self._compute, path, sig, found)
+        try:
+            pool.submit(self._compute, path, sig, found)
+        except RuntimeError:  # closed meanwhile: whoever waits for this hash must not hang
+            with self._lock:
+                self._running.pop((path, sig), None)
+            found.set_exception(StoreError(f"{path}: not hashed: the store is closing"))
 
     def close(self) -> None:
         """Finish the hashes started, stop the worker thread and the hash process."""
