@@ -213,7 +213,8 @@ def boot_marker(ub: UBoot, build: str, timeout: float = 240) -> float:
 
     Returns the seconds from QEMU start to the final marker.
     """
-    m = ub.expect(rf"{parts.MARKER} init release=(\S+) build=(\S*) dt=(\S*)", timeout)
+    # The line must be complete: the serial log may end in the middle of it.
+    m = ub.expect(rf"{parts.MARKER} init release=(\S+) build=(\S*) dt=(\S*)\r?\n", timeout)
     if (m.group(2), m.group(3)) != (build, build):
         raise ub.fail(f"booted modules {m.group(2)!r} and DT {m.group(3)!r}, expected {build}")
     ub.expect(f"{parts.MARKER} modules present", 30)
