@@ -12,6 +12,18 @@
 # TFTP needs the board to reach the container's port 69/udp directly: with NAT, TFTP's reply
 # comes from a new port (RFC 1350 TIDs), which `-p` mappings handle only with the host network
 # (`--network host`) on many setups.
+#
+# Wheels are built in a stage with a C compiler (PyPI has no binary wheel of pylibfdt, and
+# overrided's TFTP lockstep loop is a small C extension); the image itself carries none.
+FROM python:3.11-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY overrided ./overrided
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
 FROM python:3.11-slim-bookworm
 
 # Decompressors for modules CPIOs compressed with these formats.
@@ -19,10 +31,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends zstd xz-utils lz4 lzop bzip2 \
     && rm -rf /var/lib/apt/lists/*
 
-WORKDIR /opt/overrided
-COPY pyproject.toml README.md ./
-COPY overrided ./overrided
-RUN pip install --no-cache-dir .
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 
 VOLUME ["/srv/boards", "/srv/kernel-builds", "/var/lib/overrided"]
 EXPOSE 69/udp 8080/tcp

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: venv run test lint bench clean
 
-$(BIN)/overrided: pyproject.toml
+$(BIN)/overrided: pyproject.toml setup.py overrided/tftp/_lockstep.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

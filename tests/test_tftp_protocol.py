@@ -40,8 +40,13 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def server(root: Path) -> Iterator[ServerThread]:
+@pytest.fixture(params=["c-loop", "python-loop"])
+def server(
+    root: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ServerThread]:
+    """The server, its lockstep transfers run by the C loop or by the Python one."""
+    if request.param == "python-loop":
+        monkeypatch.setenv("OVERRIDED_TFTP_NATIVE", "0")
     with ServerThread(root, timeout=0.3, retries=2) as srv:
         yield srv
 
