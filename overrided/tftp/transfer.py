@@ -52,11 +52,7 @@ def _native_loop() -> NativeRun | None:
     """The C lockstep loop (``_lockstep.c``), unless absent or ``OVERRIDED_TFTP_NATIVE=0``."""
     if os.environ.get("OVERRIDED_TFTP_NATIVE", "1") == "0":
         return None
-    try:
-        from overrided.tftp import _lockstep
-    except ImportError:  # built without a C compiler: the Python loop does the same
-        return None
-    return _lockstep.run
+    return _NATIVE_RUN
 
 
 class NativeRun(Protocol):
@@ -80,6 +76,14 @@ class NativeRun(Protocol):
 
 # Why ``_lockstep.run`` returned (the values of its STOP_* constants).
 STOP_PACKET, STOP_RECV, STOP_SEND, STOP_READ = 0, 1, 2, 3
+
+# Imported here, once, not in each transfer's process: loading a shared object there would
+# delay its first block by milliseconds.
+_NATIVE_RUN: NativeRun | None
+try:
+    from overrided.tftp._lockstep import run as _NATIVE_RUN
+except ImportError:  # built without a C compiler: the Python loop does the same
+    _NATIVE_RUN = None
 
 # A client that stops (sends ERROR) before this much was acknowledged was looking, not
 # loading: barebox probes every file (RRQ blksize 512 + tsize, ERROR after DATA 1) and then
