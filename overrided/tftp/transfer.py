@@ -99,6 +99,10 @@ TICK = 0.1
 # Blocks read with one ``preadv`` ahead of the ACKs in lockstep (window 1): the next block is
 # then already a packet when its ACK comes, and a read costs one syscall per this many blocks.
 READ_AHEAD = 32
+# ... but no more bytes than this at once: at large block sizes a long read-ahead only spills
+# the packets out of the CPU caches before they are sent (measured at blksize 65464 on one
+# core: 0.85x tftpd-hpa with 32 blocks, 0.91x with 4).
+READ_AHEAD_BYTES = 256 * 1024
 # Opcodes as plain ints for the per-packet path (an IntEnum lookup costs more).
 _ACK, _ERROR = int(Opcode.ACK), int(Opcode.ERROR)
 
@@ -256,7 +260,8 @@ class ReadTransfer:
         step = self.blksize + 4
         self._step = step
         self._lockstep = self.window == 1 and isinstance(source, OctetSource)
-        packets = READ_AHEAD if self._lockstep else self.window
+        ahead = max(1, min(READ_AHEAD, READ_AHEAD_BYTES // self.blksize))
+        packets = ahead if self._lockstep else self.window
         self._buf = bytearray(step * max(1, min(packets, self.nblocks)))
         self._mv = memoryview(self._buf)
         count = len(self._buf) // step
