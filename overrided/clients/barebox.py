@@ -32,6 +32,21 @@ def script_name(user: str, hostname: str) -> str:
     return f"{user}-devboot-{hostname}"
 
 
+def net_name(user: str, role: str, hostname: str) -> str:
+    """A name barebox's ``net`` boot entry opens: ``<user>-<role>-<hostname>`` for ``linux``,
+    ``oftree`` and ``initramfs``."""
+    return f"{user}-{role}-{hostname}"
+
+
+def stable_names(user: str, hostname: str) -> tuple[str, ...]:
+    """Every unversioned name barebox asks for: the devboot script, then the ``boot net``
+    names. One board's reads of these are answered from one snapshot per client."""
+    return (
+        script_name(user, hostname),
+        *(net_name(user, role, hostname) for role in ("linux", "oftree", "initramfs")),
+    )
+
+
 def quote(value: str, what: str) -> str:
     """``value`` in double quotes for barebox hush; refuse what hush would still interpret."""
     reason = unsafe_value_reason(value)
