@@ -3,7 +3,9 @@
 The publisher builds a new ``Catalog`` off to the side and swaps the service's reference to it
 in one assignment; servers only ever look names up. Versioned names that left the catalog stay
 in later snapshots for the grace period, so a board that fetched a script before a rebuild
-still gets the FIT and initrd that script names.
+still gets the initrd (and overlays) that script names. Stable names always point at the newest
+render; each snapshot also knows which stable names belong to one board (its ``Group``), so the
+service can answer one client all of a board's stable names from one snapshot (``pins.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,21 @@ from overrided.served import Entry, NotServed, clean_name
 
 
 @dataclass(frozen=True)
+class Group:
+    """A board's stable barebox names, which a client's reads must see from one snapshot.
+
+    ``names`` lists every such name, served or not (``<user>-devboot-<hostname>`` and barebox's
+    ``boot net`` names): a name the board does not serve in a snapshot is not served to a client
+    pinned to it either.
+    """
+
+    board: str
+    script: str  # <user>-devboot-<hostname>: reading it pins the client to the newest snapshot
+    names: tuple[str, ...]  # the script and the boot net names
+    origin: str = ""  # the render these names come from, for logs: "build b1, rendered …"
+
+
+@dataclass(frozen=True)
 class Catalog:
     """Served names at one moment; implements ``served.Namespace``."""
 
@@ -24,13 +41,16 @@ class Catalog:
     version: int = 0
     # name → time it stopped being current; such entries are still served until they expire
     retired: Mapping[str, float] = field(default_factory=dict)
+    # served stable name → the group it belongs to (only names current in this snapshot)
+    groups: Mapping[str, Group] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", MappingProxyType(dict(self.entries)))
         object.__setattr__(self, "retired", MappingProxyType(dict(self.retired)))
+        object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
 
-    def lookup(self, name: str) -> Entry:
-        """The entry for ``name``; ``NotServed`` says why not."""
+    def lookup(self, name: str, *, client: str | None = None) -> Entry:
+        """The entry for ``name``, the same for every ``client``; ``NotServed`` says why not."""
         name = clean_name(name)
         entry = self.entries.get(name)
         if entry is None:
@@ -52,13 +72,15 @@ class Catalog:
         current: Iterable[Entry],
         *,
         keep: Iterable[str] = (),
+        groups: Iterable[Group] = (),
         grace: float,
         now: float | None = None,
     ) -> Catalog:
         """The next snapshot: ``current`` entries, plus retired names still within ``grace``.
 
         Only names in ``keep`` (the versioned names) are retained when they drop out; stable
-        names such as ``<user>-devboot-<hostname>`` always point at the newest render.
+        names such as ``<user>-devboot-<hostname>`` always point at the newest render, and
+        ``groups`` tell which of them belong together.
         """
         now = time.time() if now is None else now
         fresh = {e.name: e for e in current}
@@ -75,4 +97,5 @@ class Catalog:
             if name not in fresh and name not in self.retired and name in keepable:
                 entries[name] = entry
                 retired[name] = now
-        return Catalog(entries, self.version + 1, retired)
+        by_name = {n: g for g in groups for n in g.names if n in fresh}
+        return Catalog(entries, self.version + 1, retired, by_name)

@@ -223,6 +223,9 @@ class Settings(BaseModel):
     grace: Annotated[float, Field(ge=0)] = (
         600.0  # seconds a blob stays served after leaving the catalog
     )
+    pin_idle: Annotated[float, Field(ge=0)] = (
+        60.0  # seconds a client's pin of a board's names lasts without reads (0: no pins)
+    )
     quiet: Annotated[float, Field(ge=0)] = (
         0.05  # a build's files must be unchanged this long before use
     )

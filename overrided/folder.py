@@ -27,8 +27,8 @@ class FolderNamespace:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 
-    def lookup(self, name: str) -> Entry:
-        """The entry for ``name``; ``NotServed`` says why a name is not served."""
+    def lookup(self, name: str, *, client: str | None = None) -> Entry:
+        """The entry for ``name`` (the same for every ``client``); ``NotServed`` says why not."""
         clean = clean_name(name)
         if any(_private(part) for part in clean.split("/")):
             raise NotServed(f"{clean!r} is a hidden or key file")

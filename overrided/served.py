@@ -77,8 +77,13 @@ class Entry:
 class Namespace(Protocol):
     """Anything that maps served names to blobs (a catalog snapshot, a plain folder)."""
 
-    def lookup(self, name: str) -> Entry:
-        """The entry for a cleaned name (see ``clean_name``); raise ``NotServed`` with a reason."""
+    def lookup(self, name: str, *, client: str | None = None) -> Entry:
+        """The entry for a cleaned name (see ``clean_name``); raise ``NotServed`` with a reason.
+
+        ``client`` is the requester's address (no port) when a server knows it: the service
+        answers one board's names from one snapshot per client (``pins.py``); a namespace
+        that answers everyone alike ignores it.
+        """
         ...
 
 
@@ -118,6 +123,12 @@ class Transfer:
     cpu: float = 0.0  # server CPU seconds (TFTP: the transfer's process; 0 for HTTP)
     outcome: Outcome = "ok"
     reason: str = ""
+
+    @property
+    def address(self) -> str:
+        """The client's address without its port (``client`` is ``addr:port`` or ``[v6]:port``)."""
+        host = self.client.rpartition(":")[0] if ":" in self.client else self.client
+        return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
     @property
     def throughput(self) -> float:

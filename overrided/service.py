@@ -5,6 +5,10 @@ resolved and rendered (cached) → a new ``Catalog`` is built aside and swapped 
 TFTP/HTTP read it through ``lookup``. Only ``_publish`` writes the catalog; heavy work runs in a
 worker thread so the servers on the event loop keep answering.
 
+A client that reads a board's devboot script (or a ``boot net`` name) is answered that board's
+stable names from the same snapshot until it goes idle (``pins.py``), so a rebuild between its
+reads never mixes renders; the store keeps the blobs of live pins.
+
 Boards known only by their hostname (no board file) are resolved when a client first asks for
 one of their stable names: the lookup checks the latest build for exactly one configuration
 whose first compatible is ``<vendor>,<hostname>``, renders it and publishes it; the outcome,
@@ -31,9 +35,11 @@ from pydantic import ValidationError
 
 from overrided import builds as builds_mod
 from overrided.builds import Build, index_build
-from overrided.catalog import Catalog
+from overrided.catalog import Catalog, Group
+from overrided.clients.barebox import script_name, stable_names
 from overrided.config import Board, Settings, display_path, load_boards
 from overrided.errors import OverridedError
+from overrided.pins import Pins
 from overrided.render import (
     RenderContext,
     Rendered,
@@ -90,6 +96,9 @@ class OverridedService:
             http_base=settings.public_url,
         )
         self.catalog = Catalog()
+        # Pins never outlive the grace period, for which the same blobs stay served under
+        # their versioned names; collect() also keeps the blobs of live pins.
+        self.pins = Pins(idle=settings.pin_idle, limit=settings.grace)
         self._builds: dict[str, Build] = {}
         # Builds whose new contents failed to index while their previous contents were good:
         # boards keep what they had from the previous contents until the build is fixed.
@@ -147,26 +156,29 @@ class OverridedService:
         period = max(1.0, min(60.0, self.settings.grace / 4 or 1.0))
         while not self._stop.is_set():
             await asyncio.sleep(period)
-            async with self._lock:  # never while a refresh's thread changes the renders
-                self._publish()  # drops expired retired names
-                live = self.catalog.digests()
-                # FITs we built from Image + DTBs are inputs, not served: keep them too.
-                live |= {
-                    b.fit.name
-                    for b in self._builds.values()
-                    if b.fit is not None and b.fit.parent == self.store.blobs
-                }
-                try:
-                    deleted = await asyncio.to_thread(self.store.collect, live, self.settings.grace)
-                except OSError as err:  # keep collecting later whatever happened now
-                    log.error("store: collection failed: %s", err)
-                    continue
-                if deleted:
-                    log.info(
-                        "store: deleted %d blobs unserved for %gs",
-                        len(deleted),
-                        self.settings.grace,
-                    )
+            try:
+                await self.collect()
+            except OSError as err:  # keep collecting later whatever happened now
+                log.error("store: collection failed: %s", err)
+
+    async def collect(self, grace: float | None = None) -> list[str]:
+        """One garbage collection: drop expired retired names and ended pins, then delete the
+        blobs nothing has referred to for ``grace`` seconds (default: the grace setting)."""
+        grace = self.settings.grace if grace is None else grace
+        async with self._lock:  # never while a refresh's thread changes the renders
+            self._publish()  # drops expired retired names
+            # Blobs a client's pin can still hand out stay, whatever the catalog says.
+            live = self.catalog.digests() | self.pins.digests()
+            # FITs we built from Image + DTBs are inputs, not served: keep them too.
+            live |= {
+                b.fit.name
+                for b in self._builds.values()
+                if b.fit is not None and b.fit.parent == self.store.blobs
+            }
+            deleted = await asyncio.to_thread(self.store.collect, live, grace)
+        if deleted:
+            log.info("store: deleted %d blobs unserved for %gs", len(deleted), grace)
+        return deleted
 
     # --- the pipeline -------------------------------------------------------------------------
 
@@ -396,6 +408,7 @@ class OverridedService:
 
     def _publish(self) -> None:
         entries: list[Entry] = []
+        groups: list[Group] = []
         versioned: set[str] = set()
         rendered = [(n, r) for n, r in self._rendered.items()]
         claimed = {(b.user, b.hostname) for b in self._boards}
@@ -412,10 +425,11 @@ class OverridedService:
                     continue
                 entries.append(Entry(name, blob, board))
             versioned |= r.versioned
+            groups.append(_group(board, r))
         old = self.catalog
         keep = {n for n in old.entries if n in self._versioned_ever}
         self._versioned_ever |= versioned
-        self.catalog = old.successor(entries, keep=keep, grace=self.settings.grace)
+        self.catalog = old.successor(entries, keep=keep, groups=groups, grace=self.settings.grace)
 
     # --- hostname-only boards -----------------------------------------------------------------
 
@@ -470,13 +484,27 @@ class OverridedService:
 
     # --- Service protocol ---------------------------------------------------------------------
 
-    def lookup(self, name: str) -> Entry:
-        """The current catalog's entry; a board with no file may be resolved by its hostname.
+    def lookup(self, name: str, *, client: str | None = None) -> Entry:
+        """The entry for ``name``: from ``client``'s pin of the board when it has a live one,
+        else from the current catalog (then pinning ``client`` when ``name`` is one of a
+        board's stable names); a board with no file may be resolved by its hostname.
 
         A hostname-only board is rendered on its first request, on the loop when that is quick
         (a trim), else on a worker thread while the request gets "being prepared" (the
         servers keep answering everyone else meanwhile).
         """
+        if client is None or not self.pins.enabled:
+            return self._lookup(name)
+        cleaned = clean_name(name)
+        pinned = self.pins.lookup(self.catalog, cleaned, client)
+        if pinned is not None:
+            return pinned
+        entry = self._lookup(cleaned)
+        # The snapshot that answered: a hostname-only board's first answer was just published.
+        self.pins.pin(self.catalog, cleaned, client, entry)
+        return entry
+
+    def _lookup(self, name: str) -> Entry:
         try:
             return self.catalog.lookup(name)
         except NotServed as err:
@@ -590,10 +618,12 @@ class OverridedService:
 
     def started(self, transfer: Transfer) -> None:
         """A server accepted a request."""
+        self.pins.started(transfer)
         self.events.publish(Event.of_transfer(transfer, started=True))
 
     def finished(self, transfer: Transfer) -> None:
         """Journal the transfer, log it with its board and outcome, publish the event."""
+        self.pins.finished(transfer)
         self.journal.add(transfer)
         # The servers log every request with its outcome; this is the service's own trace.
         log.debug(
@@ -609,6 +639,18 @@ class OverridedService:
             f" ({transfer.reason})" if transfer.reason else "",
         )
         self.events.publish(Event.of_transfer(transfer))
+
+
+def _group(board: str, r: Rendered) -> Group:
+    """The stable barebox names of a board's render, which a client reads from one snapshot."""
+    info = r.info
+    stamp = f", rendered {info.rendered_at:%Y-%m-%dT%H:%M:%SZ}" if info.rendered_at else ""
+    return Group(
+        board=board,
+        script=script_name(info.user, info.hostname),
+        names=stable_names(info.user, info.hostname),
+        origin=f"build {info.build}{stamp}",
+    )
 
 
 def served_names(service: OverridedService) -> Iterable[str]:

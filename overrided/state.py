@@ -168,8 +168,9 @@ class Service(Protocol):
     events: EventHub
     journal: Journal
 
-    def lookup(self, name: str) -> Entry:
-        """The current catalog's entry for a served name (raises ``NotServed``)."""
+    def lookup(self, name: str, *, client: str | None = None) -> Entry:
+        """The entry for a served name (raises ``NotServed``): the current catalog's, or the
+        one ``client`` (an address) is pinned to (``served.Namespace``)."""
         ...
 
     def boards(self) -> list[BoardInfo]:

@@ -169,6 +169,21 @@ def test_settings_defaults_are_the_repo_folders_and_unprivileged_ports() -> None
     assert (s.boards_dir, s.builds_dir) == (Path("boards"), Path("kernel-builds"))
     assert s.tftp_port == 6969 and s.http_port == 8080
     assert s.grace == 600.0
+    assert s.pin_idle == 60.0  # a client's pin of a board's names, after its last read
+
+
+def test_serve_options_reach_the_settings() -> None:
+    import argparse
+
+    from overrided.commands.serve import register, settings_of
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--grace", "30", "--pin-idle", "0"])
+    s = settings_of(args)
+    assert (s.grace, s.pin_idle) == (30.0, 0.0)
+    with pytest.raises(ValueError, match="pin_idle"):
+        Settings(pin_idle=-1)
 
 
 def test_boards_check_command(tmp_path: Path) -> None:

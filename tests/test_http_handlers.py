@@ -44,7 +44,7 @@ class FolderService:
         self.current: str | None = None
         self.entries: dict[str, Entry] = {}
 
-    def lookup(self, name: str) -> Entry:
+    def lookup(self, name: str, *, client: str | None = None) -> Entry:
         if name not in self.entries:
             raise NotServed(f"{name!r} is not in the catalog")
         return self.entries[name]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from overrided.catalog import Catalog
+from overrided.catalog import Catalog, Group
 from overrided.served import Entry, NotServed
 from overrided.store import Store
 
@@ -107,6 +107,21 @@ def test_successor_keeps_versioned_names_for_the_grace_period(tmp_path: Path) ->
     v4 = v3.successor([new_script, new_fit], keep={"u-fit-h-aaaa"}, grace=600, now=700.0)
     assert "u-fit-h-aaaa" not in v4  # even when the publisher still calls it versioned
     assert old_fit.blob.digest not in v4.digests()
+
+
+def test_successor_knows_which_current_stable_names_belong_to_one_board(tmp_path: Path) -> None:
+    store = Store(tmp_path / "st")
+    names = ("u-devboot-h", "u-linux-h", "u-oftree-h", "u-initramfs-h")
+    group = Group("h", "u-devboot-h", names, "build b1")
+    current = [entry(store, n, n.encode()) for n in names[:3]]  # no initramfs served
+    cat = Catalog().successor(
+        [*current, entry(store, "u-fit-h-aaaa", b"fit")], groups=[group], grace=600
+    )
+    # Only served names map to their group; versioned names belong to none.
+    assert dict(cat.groups) == {n: group for n in names[:3]}
+    # A snapshot without the board knows no group for its retired names.
+    later = cat.successor([], keep={"u-fit-h-aaaa"}, grace=600)
+    assert "u-fit-h-aaaa" in later and not later.groups
 
 
 def test_catalog_is_immutable(tmp_path: Path) -> None:

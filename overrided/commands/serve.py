@@ -51,6 +51,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=d.grace,
         help="seconds a replaced artifact stays served (default 600)",
     )
+    p.add_argument(
+        "--pin-idle",
+        type=float,
+        default=d.pin_idle,
+        help="seconds a client keeps reading a board's stable names (script, boot net names) "
+        "from one snapshot after its last read (default 60; 0: always the newest)",
+    )
     p.add_argument("--max-blksize", type=int, default=d.max_blksize, help="TFTP blksize cap")
     p.add_argument("--max-windowsize", type=int, default=d.max_windowsize, help="TFTP window cap")
     p.set_defaults(func=run)
@@ -71,6 +78,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         token=args.token,
         max_upload=args.max_upload,
         grace=args.grace,
+        pin_idle=args.pin_idle,
         max_blksize=args.max_blksize,
         max_windowsize=args.max_windowsize,
     )
