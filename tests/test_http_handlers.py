@@ -43,8 +43,10 @@ class FolderService:
         self.journal = Journal()
         self.current: str | None = None
         self.entries: dict[str, Entry] = {}
+        self.clients: list[str | None] = []  # the client address of each lookup
 
     def lookup(self, name: str, *, client: str | None = None) -> Entry:
+        self.clients.append(client)
         if name not in self.entries:
             raise NotServed(f"{name!r} is not in the catalog")
         return self.entries[name]
@@ -393,6 +395,16 @@ async def test_etag_304_with_curl(server: Server, served: bytes) -> None:
         server.status, "-H", 'If-None-Match: "other"', f"{server.url}/{NAME}"
     )
     assert code == 200
+
+
+async def test_lookups_name_the_client_address(server: Server, served: bytes) -> None:
+    # The service answers a board's unversioned names per client address (pins), not per port.
+    out = server.tmp / "out"
+    await asyncio.to_thread(
+        server.curl, "--fail", "--interface", "127.0.0.4", "-o", out, f"{server.url}/{NAME}"
+    )
+    assert out.read_bytes() == served
+    assert server.service.clients == ["127.0.0.4"]
 
 
 async def test_missing_name_is_404_with_reason(server: Server) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,13 @@ import pytest
 from overrided.catalog import Catalog, Group
 from overrided.clients.barebox import stable_names
 from overrided.config import Settings
+from overrided.folder import FolderNamespace
 from overrided.pins import Pins
 from overrided.served import Entry, NotServed, Transfer
 from overrided.service import OverridedService
 from overrided.store import Store
 from tests.support.fits import sample_fit
+from tests.test_tftp_support import ServerThread
 
 IDLE = 60.0
 GRACE = 600.0
@@ -265,6 +268,28 @@ def test_pinned_blobs_are_live_while_the_pin_can_serve_them(reader: Reader) -> N
     # Once the pin has ended, its blobs are no longer kept for it.
     reader.clock.now += IDLE
     assert not {b.digest for b in old.values()} & reader.pins.digests()
+
+
+def test_the_tftp_server_names_the_client_address(tmp_path: Path) -> None:
+    """The server passes the requester's address, without its port, to the namespace."""
+    (tmp_path / "name").write_bytes(b"bytes")
+
+    clients: list[str | None] = []
+
+    class Recording(FolderNamespace):
+        def lookup(self, name: str, *, client: str | None = None) -> Entry:
+            clients.append(client)
+            return super().lookup(name, client=client)
+
+    with ServerThread(Recording(tmp_path)) as srv:
+        got = subprocess.run(
+            ["curl", "-sS", "--interface", "127.0.0.5", f"tftp://127.0.0.1:{srv.port}/name"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+    assert got.stdout == b"bytes"
+    assert clients == ["127.0.0.5"]
 
 
 # --- the service ----------------------------------------------------------------------------

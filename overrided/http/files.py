@@ -127,13 +127,21 @@ def _client(request: web.BaseRequest) -> str:
     return request.remote or "unknown"
 
 
+def _address(request: web.BaseRequest) -> str | None:
+    """The client's address without the port, as the TFTP server names it: the key of pins."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0])
+    return request.remote
+
+
 async def serve_artifact(request: web.Request) -> web.StreamResponse:
     """GET/HEAD ``/<name>``: a catalog name (names may contain ``/``)."""
     service = request.app[SERVICE]
     raw = request.match_info["name"]
     started = time.monotonic()
     try:
-        entry = service.lookup(clean_name(raw))
+        entry = service.lookup(clean_name(raw), client=_address(request))
     except NotServed as err:
         service.finished(
             Transfer(

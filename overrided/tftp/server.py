@@ -252,7 +252,7 @@ class TftpServer:
             self._refuse(addr, record, ErrorCode.UNDEFINED, msg, msg)
             return
         try:
-            entry = self.namespace.lookup(name)
+            entry = self.namespace.lookup(name, client=str(addr[0]))
             blob = entry.blob.open()
         except (NotServed, OSError) as err:
             reason = str(err) if isinstance(err, NotServed) else (err.strerror or str(err))
