@@ -3,9 +3,10 @@
 ``render_board`` is the per-board step of sources → index → resolve → render: it matches the
 board's ``compatible`` against the build's FIT, trims (and optionally signs) the FIT, assembles
 the initrd, publishes each artifact as a content-addressed blob, and runs the board's override
-renderers (barebox devboot script, PXE, boot.scr, iPXE) over the versioned names. The result is
-cached in the store under a key made of every input's hash, so an unchanged board costs a few
-``stat`` calls and a JSON read on re-index.
+renderers (barebox devboot script, PXE, boot.scr, iPXE) over the versioned names (the barebox
+script names the ``boot net`` image ``<user>-linux-<hostname>`` instead: see
+``clients/barebox.py``). The result is cached in the store under a key made of every input's
+hash, so an unchanged board costs a few ``stat`` calls and a JSON read on re-index.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from overrided.builds import Build, FitCache, open_fit
 from overrided.clients import Artifacts, Renderer
+from overrided.clients.barebox import net_name
 from overrided.config import Board, hostname_of
 from overrided.errors import OverridedError
 from overrided.state import BoardInfo
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bumped whenever the rendered output for the same inputs changes (invalidates the cache).
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
 
 # format → (module, function); imported when a board asks, so a format works once it exists.
 RENDERERS: dict[str, tuple[str, str]] = {
@@ -294,16 +296,18 @@ def _render_with(
                 if board.image == "kernel":
                     raise
                 warnings.append(f"ipxe: {err}")
+        # barebox's `boot net` image, which the devboot script names too: what the board's
+        # image mode boots (a FIT for `image = "none"`, so that plain `boot net` works).
         if board.image == "kernel" and kernel_name:
-            names[f"{u}-linux-{h}"] = blobs["kernel"]
+            names[net_name(u, "linux", h)] = blobs["kernel"]
         else:
-            names[f"{u}-linux-{h}"] = fit_blob.digest
+            names[net_name(u, "linux", h)] = fit_blob.digest
 
         oftree_name: str | None = None
         if conf.fdt and fit.images[conf.fdt[0]].compression in ("none", ""):
             dtb = store.put_bytes(bytes(fit.images[conf.fdt[0]].data())).digest
             if board.oftree == "fit":
-                oftree_name = publish("oftree", dtb, stable=f"{u}-oftree-{h}")
+                oftree_name = publish("oftree", dtb, stable=net_name(u, "oftree", h))
         elif board.oftree == "fit" and board.image == "kernel":
             raise RenderError(f"build {build.name}: {m.config} has no uncompressed fdt to serve")
         description = conf.description or ""
@@ -315,7 +319,7 @@ def _render_with(
 
     initrd_name: str | None = None
     if initrd_job is not None:
-        stable = f"{u}-initramfs-{h}" if board.init else None
+        stable = net_name(u, "initramfs", h) if board.init else None
         initrd_digest, initrd_warnings = initrd_job.result()
         initrd_name = publish("initrd", initrd_digest, stable=stable)
         warnings += initrd_warnings

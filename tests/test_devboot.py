@@ -10,6 +10,7 @@ variable            override            value
 ==================  ==================  ===============================================
 devboot_image       ``bootm.image``     a FIT: kernel, DTB and initrd all come from it;
                                         a plain kernel: replaces only the kernel
+                                        (we name ``<user>-linux-<hostname>``, see below)
 devboot_oftree      ``bootm.oftree``    ``base:ov1:ov2``; ``:ov1`` keeps the DTB and
                                         applies overlays; ``""`` drops it (barebox then
                                         passes its own device tree)
@@ -19,6 +20,11 @@ devboot_initrd      ``bootm.initrd``    ``a:b`` concatenated; ``:a`` appends to 
 
 Other lines may set globals, e.g. ``global linux.bootargs.dyn.<name>="…"``. With signed images
 forced, barebox ignores every override.
+
+The image is named by barebox's own ``boot net`` name, ``<user>-linux-<hostname>``, which serves
+the FIT or the kernel the board's image mode asks for: ``devboot net`` (and plain ``devboot``)
+opened that file already for the ``net`` entry, and barebox re-uses a FIT it holds open under
+the same path instead of reading it again. The DTB and the initrd keep their versioned names.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import pytest
 
 from overrided.clients import Artifacts
 from overrided.clients.barebox import ScriptError, devboot_script, overrides, render
+
+# barebox's `boot net` image name of BASE's board: the image override names it, whatever it is.
+LINUX = "afa-linux-rock3a"
 
 BASE = Artifacts(
     board="rock3a",
@@ -48,20 +57,22 @@ BASE = Artifacts(
     ("changes", "expected"),
     [
         # The common case: the trimmed FIT brings kernel and DTB, our initrd replaces the FIT's.
-        ({}, {"devboot_image": BASE.fit, "devboot_initrd": BASE.initrd}),
+        # The FIT is named by its `boot net` name, which the `net` entry has opened already.
+        ({}, {"devboot_image": LINUX, "devboot_initrd": BASE.initrd}),
         # Leading colon: keep the entry's own initrd (rootfs in an initramfs), add modules.
         (
             {"initrd_mode": "append"},
-            {"devboot_image": BASE.fit, "devboot_initrd": f":{BASE.initrd}"},
+            {"devboot_image": LINUX, "devboot_initrd": f":{BASE.initrd}"},
         ),
         # No initrd override at all: the variable is not even set.
-        ({"initrd_mode": None}, {"devboot_image": BASE.fit}),
-        ({"initrd": None}, {"devboot_image": BASE.fit}),
-        # A plain kernel replaces only the kernel, so the DTB must be named explicitly.
+        ({"initrd_mode": None}, {"devboot_image": LINUX}),
+        ({"initrd": None}, {"devboot_image": LINUX}),
+        # A plain kernel replaces only the kernel, so the DTB must be named explicitly. The
+        # `boot net` name then serves the kernel.
         (
             {"image_mode": "kernel"},
             {
-                "devboot_image": BASE.kernel,
+                "devboot_image": LINUX,
                 "devboot_oftree": BASE.oftree,
                 "devboot_initrd": BASE.initrd,
             },
@@ -69,22 +80,22 @@ BASE = Artifacts(
         # Plain kernel, keep the boot entry's device tree: no oftree override.
         (
             {"image_mode": "kernel", "oftree_mode": "keep", "initrd_mode": None},
-            {"devboot_image": BASE.kernel},
+            {"devboot_image": LINUX},
         ),
         # Empty oftree: drop the DTB, barebox passes its own (CONFIG_BOOTM_OFTREE_FALLBACK).
         (
             {"oftree_mode": "board", "initrd_mode": None},
-            {"devboot_image": BASE.fit, "devboot_oftree": ""},
+            {"devboot_image": LINUX, "devboot_oftree": ""},
         ),
         # Overlays on top of whatever DTB the FIT brings: leading colon.
         (
             {"oftree_mode": "overlays", "overlays": ("ov-a", "ov-b"), "initrd_mode": None},
-            {"devboot_image": BASE.fit, "devboot_oftree": ":ov-a:ov-b"},
+            {"devboot_image": LINUX, "devboot_oftree": ":ov-a:ov-b"},
         ),
         # Plain kernel + DTB + overlays: base first, then overlays.
         (
             {"image_mode": "kernel", "overlays": ("ov-a",), "initrd_mode": None},
-            {"devboot_image": BASE.kernel, "devboot_oftree": f"{BASE.oftree}:ov-a"},
+            {"devboot_image": LINUX, "devboot_oftree": f"{BASE.oftree}:ov-a"},
         ),
         # Touch nothing but the initrd: the boot entry keeps its kernel and DTB.
         (
@@ -107,9 +118,19 @@ def test_script_lines() -> None:
     assert lines == [
         "# afa-devboot-rock3a: devboot overrides for board rock3a",
         "# build b1 (6.1.0), configuration conf-7 (Radxa ROCK3 A), exact, rendered T",
-        'devboot_image="afa-fit-rock3a-0123456789ab"',
+        "# afa-linux-rock3a is afa-fit-rock3a-0123456789ab",
+        'devboot_image="afa-linux-rock3a"',
         'devboot_initrd=":afa-initrd-rock3a-cccccccccccc"',
         'global linux.bootargs.dyn.rsinit="rsinit.bind=/lib/modules"',
+    ]
+
+
+def test_the_script_says_which_versioned_image_its_image_name_serves() -> None:
+    text = devboot_script(replace(BASE, image_mode="kernel", initrd_mode=None)).splitlines()
+    assert text[2:] == [
+        "# afa-linux-rock3a is afa-kernel-rock3a-aaaaaaaaaaaa",
+        'devboot_image="afa-linux-rock3a"',
+        'devboot_oftree="afa-oftree-rock3a-bbbbbbbbbbbb"',
     ]
 
 

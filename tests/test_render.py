@@ -84,6 +84,31 @@ def test_served_names_of_a_board(setup: tuple[Build, RenderContext]) -> None:
     assert r.info.configuration == "conf-a" and r.info.build == "b1"
 
 
+@pytest.mark.parametrize(
+    ("image", "role"),
+    [
+        ("fit", "fit"),  # the trimmed FIT, whose versioned name stays served for others
+        ("kernel", "kernel"),  # the plain kernel of the FIT's configuration
+        ("none", None),  # no image override; `boot net` still gets the FIT
+    ],
+)
+def test_script_names_the_boot_net_image_which_serves_the_board_image(
+    setup: tuple[Build, RenderContext], image: str, role: str | None
+) -> None:
+    build, ctx = setup
+    board = Board(name="a", user="afa", compatible=["v,board-a"], image=image, initrd=None)
+    r = render_board(board, [build], ctx)
+    script = script_of(r, ctx).splitlines()
+    if role is None:
+        assert not any(line.startswith("devboot_image=") for line in script)
+        assert r.names["afa-linux-board-a"] == r.names[r.info.artifacts["fit"]]
+        return
+    assert 'devboot_image="afa-linux-board-a"' in script
+    # The very bytes the versioned name of that part serves, which stays published.
+    assert r.names["afa-linux-board-a"] == r.names[r.info.artifacts[role]]
+    assert r.info.artifacts[role] in r.versioned
+
+
 def test_unchanged_board_is_not_rendered_again(
     setup: tuple[Build, RenderContext], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,7 +143,8 @@ def test_plain_kernel_names_its_dtb(tmp_path: Path) -> None:
     assert blob(ctx, r.names[r.info.artifacts["oftree"]]) == dtb.read_bytes()
     assert blob(ctx, r.names["none-linux-rock3a"]) == kernel  # `boot net` gets the kernel
     script = script_of(r, ctx)
-    assert f'devboot_image="{r.info.artifacts["kernel"]}"' in script
+    # The script's image is the `boot net` name, which serves the kernel for this board.
+    assert 'devboot_image="none-linux-rock3a"' in script
     assert f'devboot_oftree="{r.info.artifacts["oftree"]}"' in script
     assert "devboot_initrd" not in script
 
@@ -137,6 +163,9 @@ def test_signed_board_gets_a_signed_fit_and_forced_boards_a_warning(
     report = verify(fit_bytes, public_key_of(ctx.keys_dir, "lab"))
     assert report.ok, report.lines()
     assert FORCED_SIGNING_WARNING in r.info.warnings
+    # The name the script gives the image serves the signed FIT too.
+    assert 'devboot_image="none-linux-board-a"' in script_of(r, ctx).splitlines()
+    assert r.names["none-linux-board-a"] == r.names[r.info.artifacts["fit"]]
     # The script says so too: with signed images forced, barebox ignores it.
     assert f"warning: {FORCED_SIGNING_WARNING}" in script_of(r, ctx).splitlines()[1]
     # Rendered again without the cache, at another time: the signed FIT is the same bytes,

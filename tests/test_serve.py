@@ -59,6 +59,29 @@ def script_vars(script: bytes) -> dict[str, str]:
     return dict(re.findall(r'^(devboot_\w+)="([^"]*)"$', script.decode(), re.M))
 
 
+def image_of(script: bytes) -> str:
+    """The versioned name whose bytes the script's image name (``<user>-linux-<host>``) serves."""
+    m = re.search(r"^# \S+-linux-\S+ is (\S+)$", script.decode(), re.M)
+    assert m, script
+    return m.group(1)
+
+
+def curl_tftp(srv: Served, name: str, source: str) -> bytes | None:
+    """``name`` fetched by curl's TFTP client from the address ``source`` (any of 127/8), or
+    ``None`` if the server refuses it."""
+    url = f"tftp://127.0.0.1:{srv.tftp_port}/{name}"
+    got = subprocess.run(
+        ["curl", "-sS", "--max-time", "30", "--interface", source, url],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if got.returncode != 0:
+        assert b"not found" in got.stderr.lower() or b"tftp" in got.stderr.lower(), got.stderr
+        return None
+    return got.stdout
+
+
 def wait_script(srv: Served, name: str, pattern: str) -> bytes:
     """Poll over TFTP until the script ``name`` exists and matches ``pattern``."""
 
@@ -84,12 +107,16 @@ def test_devboot_script_and_everything_it_names(
         assert "'v,board-a' is entry 0" in lines[1]
         v = script_vars(script)
         assert set(v) == {"devboot_image", "devboot_initrd"}  # oftree: the FIT brings it
-        assert re.fullmatch(r"afa-fit-board-a-[0-9a-f]{12}", v["devboot_image"])
+        # The image is barebox's own `boot net` name, which `devboot net` has opened already.
+        assert v["devboot_image"] == "afa-linux-board-a"
+        fit_name = image_of(script)
+        assert re.fullmatch(r"afa-fit-board-a-[0-9a-f]{12}", fit_name)
         assert re.fullmatch(r":afa-initrd-board-a-[0-9a-f]{12}", v["devboot_initrd"])
         assert 'global linux.bootargs.dyn.rsinit="rsinit.bind=/lib/modules"' in lines
 
         fit_path = tmp_path / "got.fit"
         fit_bytes = srv.tftp_get(v["devboot_image"], fit_path)
+        assert srv.tftp_get(fit_name) == fit_bytes
         listing = dumpimage_list(fit_path)
         assert "Default Configuration: 'conf-a'" in listing
         assert re.findall(r"Configuration \d+ \((\S+)\)", listing) == ["conf-a"]
@@ -112,16 +139,17 @@ def test_devboot_script_and_everything_it_names(
         assert srv.served("afa-initramfs-board-a") is None
 
         # curl's TFTP client gets the same bytes.
-        url = f"tftp://127.0.0.1:{srv.tftp_port}/{v['devboot_image']}"
+        url = f"tftp://127.0.0.1:{srv.tftp_port}/{fit_name}"
         got = subprocess.run(["curl", "-sS", "--max-time", "30", url], capture_output=True)
         assert got.returncode == 0, got.stderr
         assert got.stdout == fit_bytes
         # HTTP serves the same catalog.
         assert srv.http_get("/afa-devboot-board-a") == script
-        assert srv.http_get("/" + v["devboot_image"]) == fit_bytes
+        assert srv.http_get("/" + fit_name) == fit_bytes
+        assert srv.http_get("/afa-linux-board-a") == fit_bytes
         (board,) = srv.api("/api/boards")
         assert board["configuration"] == "conf-a" and board["build"] == "b1"
-        assert board["artifacts"]["fit"] == v["devboot_image"]
+        assert board["artifacts"]["fit"] == fit_name
         assert "board a (afa-devboot-board-a): build b1, conf-a" in srv.log()
     assert srv.proc is not None and srv.proc.returncode == 0  # SIGTERM: clean exit
 
@@ -135,24 +163,96 @@ def test_rebuild_during_boot_keeps_old_names_byte_exact(
     with srv:
         old_script = srv.tftp_get("afa-devboot-board-a")
         old = script_vars(old_script)
-        old_fit = srv.tftp_get(old["devboot_image"])
+        old_fit = srv.tftp_get(image_of(old_script))
         old_initrd = srv.tftp_get(old["devboot_initrd"].lstrip(":"))
 
         # The developer rebuilds while the board is between fetching the script and the FIT.
         drop_build(srv.builds, "b1", fits[1], modules)
-        gone = r"(?s)^(?!.*" + old["devboot_image"] + ")"
+        gone = r"(?s)^(?!.*" + image_of(old_script) + ")"
         new_script = wait_script(srv, "afa-devboot-board-a", gone)
         new = script_vars(new_script)
-        assert new["devboot_image"] != old["devboot_image"]
-        # The old script's names still serve exactly the old bytes ...
-        assert srv.tftp_get(old["devboot_image"]) == old_fit
+        assert image_of(new_script) != image_of(old_script)
+        # The old render's versioned names still serve exactly the old bytes ...
+        assert srv.tftp_get(image_of(old_script)) == old_fit
         assert srv.tftp_get(old["devboot_initrd"].lstrip(":")) == old_initrd
-        # ... and the new script names a FIT from the new build only.
-        new_fit = srv.tftp_get(new["devboot_image"], tmp_path / "new.fit")
+        # ... and the new script stands for a FIT from the new build only.
+        new_fit = srv.tftp_get(image_of(new_script), tmp_path / "new.fit")
         assert new_fit != old_fit
         assert "sha1" in dumpimage_list(tmp_path / "new.fit")
+        assert srv.tftp_get(new["devboot_image"]) == new_fit
         # Unchanged modules: the same initrd blob, the same versioned name.
         assert new["devboot_initrd"] == old["devboot_initrd"]
+
+
+def test_each_board_reads_one_snapshot_of_its_names_across_a_rebuild(
+    tmp_path: Path, fits: tuple[Path, Path], modules: Path
+) -> None:
+    """Two boards at two addresses, curl's TFTP client for both: the one that read the script
+    before a rebuild gets that script's FIT under the stable name the script names; the other
+    gets the new one under the same name; a new script read moves the first one on."""
+    board, other = "127.0.0.2", "127.0.0.3"
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A.replace('initrd = "append"', 'init = "init.cpio"'))
+    tree = tmp_path / "init-tree"
+    tree.mkdir()
+    (tree / "init").write_text("#!/bin/sh\necho hello\n")
+    with (srv.boards / "init.cpio").open("wb") as f:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"], input=b"init", stdout=f, cwd=tree, check=True
+        )
+    drop_build(srv.builds, "b1", fits[0], modules)
+    with srv:
+        old_script = curl_tftp(srv, "afa-devboot-board-a", board)
+        assert old_script is not None
+        assert script_vars(old_script)["devboot_image"] == "afa-linux-board-a"
+        old_fit = curl_tftp(srv, image_of(old_script), other)  # versioned: the same for all
+        old_initramfs = curl_tftp(srv, "afa-initramfs-board-a", other)
+        assert old_fit is not None and old_initramfs is not None
+
+        # The rebuild brings new modules too: a new initramfs under the same name.
+        other_modules = tmp_path / "m2" / modules.name
+        other_modules.parent.mkdir()
+        shutil.copy(modules, other_modules)
+        with other_modules.open("ab") as f:
+            f.write(b"\0" * 512)  # trailing zeros: still the same archive to the kernel
+        drop_build(srv.builds, "b1", fits[1], other_modules)
+        gone = r"(?s)^(?!.*" + image_of(old_script) + ")"
+
+        def new_script() -> bytes | None:
+            got = curl_tftp(srv, "afa-devboot-board-a", other)
+            return got if got and re.search(gone, got.decode()) else None
+
+        script = srv.wait_for(new_script, what="the other board seeing the new script")
+        new_fit = curl_tftp(srv, image_of(script), other)
+        assert new_fit is not None and new_fit != old_fit
+        new_initramfs = curl_tftp(srv, "afa-initramfs-board-a", other)
+        assert new_initramfs is not None and new_initramfs != old_initramfs
+
+        # The board between its script and its image: the FIT its script stood for, and the
+        # matching `boot net` names, over TFTP and HTTP alike ...
+        assert curl_tftp(srv, "afa-linux-board-a", board) == old_fit
+        assert curl_tftp(srv, "afa-initramfs-board-a", board) == old_initramfs
+        http = subprocess.run(
+            ["curl", "-sS", "--fail", "--interface", board, f"{srv.http_base}/afa-linux-board-a"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        assert http.stdout == old_fit
+        # ... the other board the new FIT under the same name ...
+        assert curl_tftp(srv, "afa-linux-board-a", other) == new_fit
+        assert curl_tftp(srv, "afa-initramfs-board-a", other) == new_initramfs
+        # ... and the log says who got an older render, of which build.
+        srv.wait_for(
+            lambda: (
+                f"pin: client {board} gets afa-linux-board-a of board a from build b1" in srv.log()
+            ),
+            what="the pin's log line",
+        )
+        # The board's next `devboot` reads the script again: from then on, the new render.
+        assert curl_tftp(srv, "afa-devboot-board-a", board) == script
+        assert curl_tftp(srv, "afa-linux-board-a", board) == new_fit
+        assert curl_tftp(srv, "afa-initramfs-board-a", board) == new_initramfs
 
 
 def test_board_without_a_file_is_matched_by_hostname(
@@ -267,7 +367,7 @@ def test_broken_rewrite_of_a_build_keeps_its_previous_contents(
         before = srv.tftp_get("afa-devboot-board-a")
         assert b"# build b1 " in before
         v = script_vars(before)
-        fit = srv.tftp_get(v["devboot_image"])
+        fit = srv.tftp_get(image_of(before))
         # `make` rewrites image.fit in place and stalls half-way (or dies).
         data = fits[1].read_bytes()
         with (srv.builds / "b1" / "image.fit").open("r+b") as f:
@@ -288,7 +388,7 @@ def test_broken_rewrite_of_a_build_keeps_its_previous_contents(
         # The rewrite completes: the new contents are served.
         with (srv.builds / "b1" / "image.fit").open("ab") as f:
             f.write(data[len(data) // 2 :])
-        wait_script(srv, "afa-devboot-board-a", r"(?s)^(?!.*" + v["devboot_image"] + ")")
+        wait_script(srv, "afa-devboot-board-a", r"(?s)^(?!.*" + image_of(before) + ")")
         assert all(b["error"] is None for b in srv.api("/api/builds"))
 
 
@@ -323,7 +423,7 @@ def test_replaced_artifacts_leave_after_the_grace_period(
     shutil.copy(fits[0].parent / "fdt-b.dtb", img / "fdt-b.dtb")
     (srv.boards / "b.toml").write_text('compatible = ["v,board-b"]\nbuild = "img"\n')
     with srv:
-        old = script_vars(srv.tftp_get("afa-devboot-board-a"))["devboot_image"]
+        old = image_of(srv.tftp_get("afa-devboot-board-a"))
         blobs = srv.store / "blobs"
         assert any(p.name.startswith(old[-12:]) for p in blobs.iterdir())
         drop_build(srv.builds, "b1", fits[1])

@@ -3,7 +3,9 @@
 A renderer is a pure function ``render(artifacts) -> dict[served name, bytes]``. The service core
 builds ``Artifacts`` after it has published a board's FIT/kernel/DTB/initrd blobs under versioned
 names, calls the renderers the board asks for, and publishes their output in the same catalog
-swap, so a description never names an artifact from another build.
+swap, so a description never names an artifact from another build. One exception: the barebox
+script names barebox's own ``<user>-linux-<hostname>`` for the image (``barebox.py`` says why),
+a stable name that the service answers from the script's snapshot to the client that read it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class Artifacts:
-    """What a board's descriptions may refer to. Every name is a served, versioned name."""
+    """What a board's descriptions may refer to. Every name is a served, versioned name
+    (the barebox script also derives barebox's stable names from ``user`` and ``hostname``)."""
 
     board: str  # board name (file stem, or hostname for a board known only by hostname)
     hostname: str  # barebox global.hostname

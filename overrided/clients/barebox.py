@@ -14,6 +14,14 @@ one is an override too) pass ``-o bootm.image=…`` / ``bootm.oftree`` / ``bootm
   and only applies overlays; the empty string drops the entry's DTB (barebox passes its own).
 * ``bootm.initrd``: colon list of CPIOs concatenated; a leading colon appends to the entry's.
 * With signed images forced (``bootm_signed_images_are_forced()``) all overrides are ignored.
+
+``devboot_image`` names ``<user>-linux-<hostname>``, the name barebox's ``net`` boot entry
+(``defaultenv/defaultenv-2-base/boot/net``) opens as ``global.bootm.image``, rather than the
+versioned FIT: barebox keeps a FIT open by its canonical path (``fit_open`` in
+``common/image-fit.c``) while the entry's parts refer to it, so ``devboot net`` overriding the
+image with the same file re-uses the FIT it already read instead of fetching it a second time.
+That name follows every rebuild; the service answers a client all of a board's stable names
+from the snapshot of its script read (``pins.py``), so the FIT still matches the script.
 """
 
 from __future__ import annotations
@@ -63,10 +71,10 @@ def _comment(text: str) -> str:
 def overrides(a: Artifacts) -> dict[str, str]:
     """The devboot variables to set, in order; a variable that is absent is left alone."""
     out: dict[str, str] = {}
-    if a.image_mode == "fit" and a.fit:
-        out["devboot_image"] = a.fit
-    elif a.image_mode == "kernel" and a.kernel:
-        out["devboot_image"] = a.kernel
+    if (a.image_mode == "fit" and a.fit) or (a.image_mode == "kernel" and a.kernel):
+        # The boot net name, which carries the FIT or the kernel the image mode asks for: the
+        # `net` entry opened it already, and barebox re-uses a FIT it holds open (see above).
+        out["devboot_image"] = net_name(a.user, "linux", a.hostname)
 
     overlays = ":".join(a.overlays)
     if a.oftree_mode == "board":
@@ -94,6 +102,10 @@ def devboot_script(a: Artifacts, *, warnings: tuple[str, ...] = ()) -> str:
     ]
     lines += [_comment(f"warning: {w}") for w in warnings]
     for var, value in overrides(a).items():
+        if var == "devboot_image":
+            # Which bytes the stable name stands for: people and logs match it to a render.
+            versioned = a.fit if a.image_mode == "fit" else a.kernel
+            lines.append(_comment(f"{value} is {versioned}"))
         lines.append(f"{var}={quote(value, var)}")
     for name, value in a.bootargs.items():
         lines.append(f"global linux.bootargs.dyn.{name}={quote(value, f'bootargs.{name}')}")
