@@ -87,16 +87,10 @@ class Pins:
         answered from a pin. A name the pinned snapshot did not serve raises ``NotServed``, even
         if the current one serves it: the client sees one snapshot or nothing.
         """
-        pin = self._by_name.get((client, name))
-        if pin is None:
+        pin = self._alive(self._by_name.get((client, name)))
+        if pin is None or name == pin.group.script:
             return None
-        now = self._clock()
-        if not self._live(pin, now):
-            self._drop(pin)
-            return None
-        if name == pin.group.script:
-            return None
-        pin.used = now
+        pin.used = self._clock()
         entry = pin.entries.get(name)
         if entry is None:
             raise NotServed(
@@ -173,14 +167,18 @@ class Pins:
         """The live pin of the transfer's client and board, touched now."""
         if transfer.board is None or not self._by_board:
             return None
-        pin = self._by_board.get((transfer.address, transfer.board))
+        pin = self._alive(self._by_board.get((transfer.address, transfer.board)))
+        if pin is not None:
+            pin.used = self._clock()
+        return pin
+
+    def _alive(self, pin: Pin | None) -> Pin | None:
+        """``pin`` if it still lives; a pin found dead is dropped."""
         if pin is None:
             return None
-        now = self._clock()
-        if not self._live(pin, now):
+        if not self._live(pin, self._clock()):
             self._drop(pin)
             return None
-        pin.used = now
         return pin
 
     def _live(self, pin: Pin, now: float) -> bool:
