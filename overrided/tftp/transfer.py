@@ -30,6 +30,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from overrided.served import OpenBlob, Outcome, Transfer, TransferObserver
@@ -55,23 +56,8 @@ def _native_loop() -> NativeRun | None:
     return _NATIVE_RUN
 
 
-class NativeRun(Protocol):
-    """``_lockstep.run``: answers expected ACKs until anything else happens (see its doc)."""
-
-    def __call__(
-        self,
-        sock_fd: int,
-        file_fd: int,
-        buf: bytearray,
-        pkt: bytearray,
-        blksize: int,
-        nblocks: int,
-        size: int,
-        sent: int,
-        ahead: int,
-        held: int,
-        /,
-    ) -> tuple[int, int, int, int, int, float]: ...
+# ``_lockstep.run``: answers expected ACKs until anything else happens (see its doc and stub).
+NativeRun = Callable[..., tuple[int, int, int, int, int, float]]
 
 
 # Why ``_lockstep.run`` returned (the values of its STOP_* constants).
