@@ -40,13 +40,16 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture(params=["c-loop", "python-loop"])
+@pytest.fixture(params=["c-loop", "python-loop", "forked"])
 def server(
     root: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ServerThread]:
-    """The server, its lockstep transfers run by the C loop or by the Python one."""
+    """The server, its lockstep transfers run by the C loop or by the Python one, in
+    processes started by the launcher or ("forked") forked by the server itself."""
     if request.param == "python-loop":
         monkeypatch.setenv("OVERRIDED_TFTP_NATIVE", "0")
+    if request.param == "forked":
+        monkeypatch.setenv("OVERRIDED_TFTP_LAUNCHER", "0")
     with ServerThread(root, timeout=0.3, retries=2) as srv:
         yield srv
 

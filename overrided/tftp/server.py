@@ -6,12 +6,14 @@ during a transfer never mixes versions.
 
 Requests are parsed, looked up and answered on the event loop; each accepted transfer then runs
 in a process of its own (``fork``, as tftpd-hpa does) that reports its record back through a
-pipe. Measured at window 1 on loopback, per block of server CPU: asyncio ``add_reader``
-callbacks 25-30 µs, uvloop 18-23 µs, a blocking ``recvfrom``/``preadv``/``sendto`` loop
-11-15 µs, less again on a connected socket (see ``transfer.py``). Threads running that loop
-share one GIL: 32 transfers at once took 1.7x as long as with one process each; processes
-also spread over all cores. The child only runs ``ReadTransfer.run`` and leaves with
-``os._exit``: it touches no lock another thread could hold (no logging, no event loop).
+pipe. A small launcher process forks them, so a large server does not pay for its own fork on
+each request (``launcher.py``). Why processes: measured at window 1 on loopback, per block of
+server CPU, asyncio ``add_reader`` callbacks took 25-30 µs, uvloop 18-23 µs, a blocking
+``recvfrom``/``preadv``/``sendto`` loop 11-15 µs, less again on a connected socket (see
+``transfer.py``). Threads running that loop share one GIL: 32 transfers at once took 1.7x as
+long as with one process each; processes also spread over all cores. A transfer's process only
+runs ``ReadTransfer.run`` and leaves with ``os._exit``: it touches no lock another thread could
+hold (no logging, no event loop).
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import os
-import resource
 import signal
 import socket
 import struct
@@ -36,6 +36,7 @@ from overrided.served import (
     TransferObserver,
     clean_name,
 )
+from overrided.tftp.launcher import CHILD_SIGNALS, Launcher, TransferJob, child_main, read_result
 from overrided.tftp.packets import (
     MAX_BLKSIZE,
     MAX_REQUEST,
@@ -59,6 +60,8 @@ _IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 _IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 # Room for a whole window in the kernel, so a window rarely waits for the socket buffer.
 _SNDBUF = 4 * 1024 * 1024
+# Seconds start() waits for the transfer launcher (a fresh interpreter: ~0.2 s).
+LAUNCHER_READY = 10.0
 
 
 class TftpError(OverridedError):
@@ -121,6 +124,7 @@ class TftpServer:
         self._wildcard = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._launcher = Launcher()
 
     @property
     def port(self) -> int:
@@ -154,6 +158,9 @@ class TftpServer:
         self._host = str(sockaddr[0])
         self._wildcard = ipaddress.ip_address(self._host.split("%")[0]).is_unspecified
         loop.add_reader(sock.fileno(), self._on_readable)
+        self._launcher.start(loop)
+        if self._launcher.enabled and not await self._launcher.wait_ready(LAUNCHER_READY):
+            log.warning("tftp: transfer launcher not ready; the server forks transfers")
         log.info("tftp listening on %s", _peer_text(sock.getsockname()))
 
     async def close(self, grace: float = 2.0) -> None:
@@ -170,6 +177,7 @@ class TftpServer:
         if self.transfers:  # each child reports its end through its pipe; wait for that
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 2.0)
+        await self._launcher.close()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -279,23 +287,12 @@ class TftpServer:
         record.options = dict(granted.oack)
         if req.mode != "octet":
             record.options["mode"] = req.mode
-        assert self._loop is not None
-        transfer = ReadTransfer(
-            sock,
-            addr,
-            source,
-            granted,
-            record,
-            timeout=self.timeout,
-            retries=self.retries,
-            max_stall=self.max_stall,
+        job = TransferJob(
+            addr, req.mode, source.size, granted, record, self.timeout, self.retries, self.max_stall
         )
         try:
-            child = self._fork(transfer, twin)
+            child = self._start_transfer(job, source, blob.fd, sock, twin)
         except OSError as err:
-            twin.close()
-            sock.close()
-            source.close()
             self._reply_error(addr, ErrorCode.UNDEFINED, "server busy")
             record.outcome, record.reason = "failed", f"cannot start transfer: {err}"
             report(record, self.observer)
@@ -307,38 +304,55 @@ class TftpServer:
         except Exception:
             log.exception("transfer observer failed")
 
-    def _fork(self, transfer: ReadTransfer, twin: socket.socket) -> _Child:
-        """Run ``transfer`` in a child process; its record comes back through a pipe.
+    def _start_transfer(
+        self, job: TransferJob, source: Source, fd: int, sock: socket.socket, twin: socket.socket
+    ) -> _Child:
+        """Start ``job``'s process (by the launcher, else by a fork here); its record comes
+        back through a pipe.
 
         The server keeps ``twin`` (the unconnected socket on the transfer's port, see
-        ``_transfer_sockets``) and answers strangers on it until the child reports.
+        ``_transfer_sockets``) and answers strangers on it until the transfer reports.
         """
         assert self._loop is not None
         rfd, wfd = os.pipe()
+        child = _Child(rfd, twin, job.record, job.peer)
+        try:
+            child.job = self._launcher.submit(job, [sock.fileno(), fd, wfd], child.launched)
+            if child.job is None:
+                child.pid = self._fork(job.build(sock, source), rfd, wfd, twin)
+                child.forked = True
+        except OSError:
+            os.close(rfd)
+            twin.close()
+            raise
+        finally:
+            os.close(wfd)
+            sock.close()  # the transfer's process has its own copies of both
+            source.close()
+        self._loop.add_reader(rfd, self._on_child_result, child)
+        self._loop.add_reader(twin.fileno(), self._on_stray, child)
+        return child
+
+    def _fork(self, transfer: ReadTransfer, rfd: int, wfd: int, twin: socket.socket) -> int:
+        """Run ``transfer`` in a process forked from this one; its pid."""
         # Signals stay blocked across the fork until the child has dropped the parent's
         # handlers: one delivered in between would reach the parent loop's wake-up pipe.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_SIGNALS)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, CHILD_SIGNALS)
         try:
             pid = os.fork()
         except OSError:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.close(rfd)
-            os.close(wfd)
             raise
         if pid == 0:  # pragma: no cover - the child never returns
             # The child keeps only its transfer's socket, file and pipe end.
-            inherited = [twin.fileno()]
+            close = [rfd, twin.fileno(), *self._launcher.fds()]
+            if self._sock is not None:
+                close.append(self._sock.fileno())  # the port stays the server's alone
             for other in self.transfers.values():
-                inherited += [other.fd, other.twin.fileno()]
-            _child_main(transfer, rfd, wfd, self._sock, inherited, mask)
+                close += [other.fd, other.twin.fileno()]
+            child_main(transfer, wfd, close, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.close(wfd)
-        transfer.sock.close()  # the child has its own copies of both
-        transfer.source.close()
-        child = _Child(pid, rfd, twin, transfer.record, transfer.peer)
-        self._loop.add_reader(rfd, self._on_child_result, child)
-        self._loop.add_reader(twin.fileno(), self._on_stray, child)
-        return child
+        return pid
 
     def _on_child_result(self, child: _Child) -> None:
         assert self._loop is not None
@@ -352,23 +366,17 @@ class TftpServer:
         os.close(child.fd)
         self._loop.remove_reader(child.twin.fileno())
         child.twin.close()
-        rec = child.record
-        try:
-            result = json.loads(data)
-            rec.outcome = result["outcome"]
-            rec.reason = result["reason"]
-            rec.duration = result["duration"]
-            rec.sent = result["sent"]
-            rec.retransmits = result["retransmits"]
-            rec.cpu = result["cpu"]
-        except (ValueError, KeyError, TypeError):
-            rec.outcome, rec.reason = "failed", "transfer process ended without a result"
-        self._reap(child.pid, 100)
+        read_result(data, child.record)
+        child.ended()
+        if child.job is not None:
+            self._launcher.forget(child.job)
+        if child.forked:
+            self._reap(child.pid, 100)  # the launcher's are reaped by the kernel
         if self.transfers.get(child.peer) is child:
             del self.transfers[child.peer]
         if not self.transfers:
             self._idle.set()
-        report(rec, self.observer)
+        report(child.record, self.observer)
 
     def _reap(self, pid: int, attempts: int) -> None:
         """Collect an exited child without blocking the loop (it exits right after writing)."""
@@ -430,77 +438,52 @@ class TftpServer:
 
 
 class _Child:
-    """A transfer running in a child process, as the server's loop sees it."""
+    """A transfer running in a process of its own, as the server's loop sees it."""
 
-    __slots__ = ("fd", "peer", "pid", "record", "twin")
+    __slots__ = (
+        "cancelled", "done", "fd", "forked", "job", "peer", "pid", "pidfd", "record", "twin"
+    )  # fmt: skip
 
     def __init__(
-        self,
-        pid: int,
-        fd: int,
-        twin: socket.socket,
-        record: Transfer,
-        peer: tuple[object, ...],
+        self, fd: int, twin: socket.socket, record: Transfer, peer: tuple[object, ...]
     ) -> None:
-        self.pid = pid
-        self.fd = fd
+        self.fd = fd  # the read end of its result pipe
         self.twin = twin
         self.record = record
         self.peer = peer
+        self.pid = 0  # known once started (the launcher's answer comes a little later)
+        self.pidfd = -1  # from the launcher; a forked child is signalled by its pid
+        self.forked = False  # forked by the server (which then reaps it)
+        self.job: int | None = None  # the launcher's job id
+        self.cancelled = False
+        self.done = False
+
+    def launched(self, pid: int, pidfd: int) -> None:
+        """The launcher started it (``pidfd`` -1: it has ended already, or never started)."""
+        if self.done:
+            if pidfd >= 0:
+                os.close(pidfd)
+            return
+        self.pid, self.pidfd = pid, pidfd
+        if self.cancelled:
+            self._terminate()
 
     def cancel(self, reason: str) -> None:
-        """Ask the child to stop (it tells the client with an ERROR and reports ``aborted``)."""
-        del reason  # the child's SIGTERM handler says why: the server is shutting down
+        """Ask it to stop (it tells the client with an ERROR and reports ``aborted``)."""
+        del reason  # its SIGTERM handler says why: the server is shutting down
+        self.cancelled = True
+        self._terminate()
+
+    def _terminate(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
+            if self.pidfd >= 0:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGTERM)
+            elif self.forked:
+                os.kill(self.pid, signal.SIGTERM)
 
-
-def _cpu_seconds() -> float:
-    """User and system CPU time of this process so far (a transfer's, in its child)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-_CHILD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
-
-
-def _child_main(
-    transfer: ReadTransfer,
-    rfd: int,
-    wfd: int,
-    listening: socket.socket | None,
-    inherited: list[int],
-    mask: set[int | signal.Signals],
-) -> None:
-    """Body of a transfer's process: serve, write the result to the pipe, exit."""
-    status = 0
-    try:
-        os.close(rfd)
-        if listening is not None:
-            listening.close()  # the port stays the parent's alone
-        for fd in inherited:  # the server's: other transfers' pipes and ports
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with contextlib.suppress(ValueError, OSError):
-            signal.set_wakeup_fd(-1)  # the parent loop's wake-up pipe is not ours
-        with contextlib.suppress(ValueError, OSError):
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent cancels us
-            for sig in _CHILD_SIGNALS - {signal.SIGINT, signal.SIGTERM}:
-                signal.signal(sig, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, lambda *_: transfer.cancel("server shutting down"))
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        transfer.run()
-        rec = transfer.record
-        result = {
-            "outcome": rec.outcome,
-            "reason": rec.reason,
-            "duration": rec.duration,
-            "sent": rec.sent,
-            "retransmits": rec.retransmits,
-            "cpu": _cpu_seconds(),
-        }
-        os.write(wfd, json.dumps(result).encode())
-    except BaseException:
-        status = 1
-    finally:
-        os._exit(status)
+    def ended(self) -> None:
+        """It reported: forget its pidfd."""
+        self.done = True
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1

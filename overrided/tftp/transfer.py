@@ -139,9 +139,10 @@ class NetasciiSource:
 
     CHUNK = 64 * 1024
 
-    def __init__(self, blob: OpenBlob) -> None:
+    def __init__(self, blob: OpenBlob, *, size: int | None = None) -> None:
         self.blob = blob
-        self.size = self._translated_size()
+        # ``size``: already counted (by the server, before its transfer's process started).
+        self.size = self._translated_size() if size is None else size
         self._buf = b""  # translated bytes starting at ``_buf_offset``
         self._buf_offset = 0
         self._raw_offset = 0
@@ -259,12 +260,25 @@ class ReadTransfer:
         self._progress_at = 0.0
         self._deadline = 0.0
         self._cancelled = ""
+        self._begun = False
         self._t0 = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def run(self) -> None:
         """Send the OACK (RFC 2347) or the first window (RFC 1350), then answer ACKs to the end."""
+        self.begin()
+        if not self.done:
+            try:
+                self._serve()
+            except Exception as err:  # never leave a transfer unreported
+                self._finish("failed", f"internal error: {err!r}")
+
+    def begin(self) -> None:
+        """Send the OACK or the first window (``run`` does, unless this was called first)."""
+        if self._begun:
+            return
+        self._begun = True
         sock = self.sock
         try:
             sock.setblocking(True)
@@ -277,7 +291,6 @@ class ReadTransfer:
                 self._send_oack()
             else:
                 self._send_window(1)
-            self._serve()
         except Exception as err:  # never leave a transfer unreported
             self._finish("failed", f"internal error: {err!r}")
 

@@ -1,0 +1,492 @@
+"""Transfer processes: what each runs, and the small process that starts them for the server.
+
+Each accepted transfer runs in a process of its own (see ``server.py`` for why). Forking the
+server for each costs in proportion to the server's memory, and its event loop (HTTP included)
+stands still meanwhile: on loopback, the first answer to an RRQ took 4.4 ms (median) from a
+service with a catalog loaded and 4.1-4.8 ms from ``overrided tftp serve``, where tftpd-hpa
+took 1.1-1.9 ms. Most of it was the fork itself and the new process's first page copies.
+
+So the server starts a launcher: a fresh interpreter that imports only the TFTP modules
+(26 MB) and keeps one spare process, forked ahead and warmed up, waiting for the next
+transfer. The server hands each transfer over as one message on a ``SOCK_SEQPACKET`` pair
+with three descriptors attached (``SCM_RIGHTS``): the transfer's connected socket, the
+blob's file and the write end of the result pipe. The spare takes it, sends the client its
+first packet, answers the server with its pidfd (so the server can stop it without racing
+pid reuse), tells the launcher to fork the next spare, and runs the transfer; the kernel
+reaps it (``SIGCHLD`` ignored) and it reports through its pipe, as a process the server
+forked itself does. Measured the same way, the first answer then takes 1.1-1.7 ms. While
+the launcher is not ready, or if it dies, the server forks transfers itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from overrided.served import OpenBlob, Transfer
+from overrided.tftp.packets import Negotiated
+from overrided.tftp.transfer import NetasciiSource, OctetSource, ReadTransfer, Source
+
+log = logging.getLogger("overrided.tftp")
+
+# Signals a transfer's process handles itself; blocked across each fork until it has.
+CHILD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
+# Seconds between attempts to start a launcher that stopped.
+RESTART_AFTER = 5.0
+# A job's message: JSON well under this (a name is at most 512 bytes, options a few dozen).
+MAX_MESSAGE = 16 * 1024
+
+
+@dataclass
+class TransferJob:
+    """Everything a transfer's process needs besides its descriptors (socket, file, pipe)."""
+
+    peer: tuple[Any, ...]
+    mode: str  # "octet" or "netascii"
+    size: int  # bytes on the wire (netascii: translated)
+    granted: Negotiated
+    record: Transfer
+    timeout: float
+    retries: int
+    max_stall: float
+
+    def source(self, blob: OpenBlob) -> Source:
+        """The blob's bytes as this transfer sends them."""
+        if self.mode == "netascii":
+            return NetasciiSource(blob, size=self.size)
+        return OctetSource(blob)
+
+    def build(self, sock: socket.socket, source: Source) -> ReadTransfer:
+        """The transfer, ready to ``run``."""
+        return ReadTransfer(
+            sock,
+            self.peer,
+            source,
+            self.granted,
+            self.record,
+            timeout=self.timeout,
+            retries=self.retries,
+            max_stall=self.max_stall,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as the launcher receives it (JSON)."""
+        g, rec = self.granted, self.record
+        return {
+            "peer": list(self.peer),
+            "mode": self.mode,
+            "size": self.size,
+            "blksize": g.blksize,
+            "windowsize": g.windowsize,
+            "client_timeout": g.timeout,
+            "tsize": g.tsize,
+            "oack": g.oack,  # in the client's order: JSON objects keep it
+            "client": rec.client,
+            "name": rec.name,
+            "options": rec.options,
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "max_stall": self.max_stall,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransferJob:
+        """The job from its message (ValueError, KeyError or TypeError if malformed)."""
+        granted = Negotiated(
+            blksize=int(d["blksize"]),
+            windowsize=int(d["windowsize"]),
+            timeout=d["client_timeout"],
+            tsize=bool(d["tsize"]),
+            oack={str(k): str(v) for k, v in d["oack"].items()},
+        )
+        record = Transfer(
+            protocol="tftp", client=str(d["client"]), name=str(d["name"]), size=int(d["size"])
+        )
+        record.options = {str(k): str(v) for k, v in d["options"].items()}
+        return cls(
+            tuple(d["peer"]),
+            str(d["mode"]),
+            int(d["size"]),
+            granted,
+            record,
+            float(d["timeout"]),
+            int(d["retries"]),
+            float(d["max_stall"]),
+        )
+
+
+def result_message(record: Transfer, cpu: float) -> bytes:
+    """What a transfer's process writes to its pipe when it ends (see ``read_result``)."""
+    return json.dumps(
+        {
+            "outcome": record.outcome,
+            "reason": record.reason,
+            "duration": record.duration,
+            "sent": record.sent,
+            "retransmits": record.retransmits,
+            "cpu": cpu,
+        }
+    ).encode()
+
+
+def read_result(data: bytes, record: Transfer) -> None:
+    """Fill ``record`` from a transfer's pipe (a process that died wrote nothing)."""
+    try:
+        result = json.loads(data)
+        record.outcome = result["outcome"]
+        record.reason = result["reason"]
+        record.duration = result["duration"]
+        record.sent = result["sent"]
+        record.retransmits = result["retransmits"]
+        record.cpu = result["cpu"]
+    except (ValueError, KeyError, TypeError):
+        record.outcome, record.reason = "failed", "transfer process ended without a result"
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU time of this process so far (a transfer's, in its process)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child_main(
+    transfer: ReadTransfer, wfd: int, close: Iterable[int], mask: set[int | signal.Signals]
+) -> NoReturn:
+    """Body of a process forked for ``transfer``: serve, write the result to ``wfd``, exit.
+
+    ``close``: descriptors of the forking process the transfer must not keep (its other
+    transfers' pipes and ports, the listening socket). ``mask``: the signal mask to restore
+    once this process's own handlers are in place.
+    """
+    try:
+        _become_transfer(transfer, close, mask)
+    except BaseException:
+        os._exit(1)
+    _run_transfer(transfer, wfd)
+
+
+def _become_transfer(
+    transfer: ReadTransfer, close: Iterable[int], mask: set[int | signal.Signals]
+) -> None:
+    """Drop what belongs to the process this one was forked from; take the transfer's signals."""
+    for fd in close:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)  # a parent loop's wake-up pipe is not ours
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the server cancels us
+        for sig in CHILD_SIGNALS - {signal.SIGINT, signal.SIGTERM}:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, lambda *_: transfer.cancel("server shutting down"))
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _run_transfer(transfer: ReadTransfer, wfd: int, cpu_before: float = 0.0) -> NoReturn:
+    """Serve to the end, write the result to ``wfd``, exit (``cpu_before``: not the transfer's)."""
+    status = 0
+    try:
+        transfer.run()
+        os.write(wfd, result_message(transfer.record, _cpu_seconds() - cpu_before))
+    except BaseException:
+        status = 1
+    finally:
+        os._exit(status)
+
+
+# -- the launcher process ------------------------------------------------------------------
+
+# A spare that dies before taking a job this many times in a row stops the launcher (the
+# server then forks transfers itself).
+SPARE_FAILURES = 5
+# What a spare tells the launcher on its pipe: it took a job, or the server closed the channel.
+_TOOK, _QUIT = b"t", b"q"
+_WARM_UP_JOB = TransferJob(
+    ("127.0.0.1", 9),
+    "octet",
+    1 << 20,
+    Negotiated(blksize=1432, tsize=True, oack={"blksize": "1432", "tsize": str(1 << 20)}),
+    Transfer(protocol="tftp", client="127.0.0.1:9", name="warm-up"),
+    1.0,
+    5,
+    30.0,
+)
+
+
+def main(channel_fd: int) -> None:
+    """The launcher: keep one spare process waiting for the server's next transfer.
+
+    The spare is forked ahead and has already run the code a transfer starts with, so a
+    request meets neither the fork nor its first page copies (measured: the fork of this
+    process took 1.5-2.3 ms until the new process ran, its setup 0.6 ms more). It takes the
+    next job from the channel itself, answers the server with its own pidfd, tells the
+    launcher (which forks the next spare) and becomes that transfer.
+    """
+    channel = socket.socket(fileno=channel_fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps transfers; pipes report
+    gc.freeze()  # spares share these objects: no collection of theirs copies their pages
+    channel.send(b'{"ready": true}')
+    failures = 0
+    while failures < SPARE_FAILURES:
+        said = _next_spare(channel)
+        if said == _QUIT:
+            return
+        failures = 0 if said == _TOOK else failures + 1
+        if failures:
+            time.sleep(0.1)
+    print("overrided tftp launcher: spare processes keep failing; stopping", file=sys.stderr)
+
+
+def _next_spare(channel: socket.socket) -> bytes:
+    """Fork a spare and wait until it took a job or quit (b"" if it died first)."""
+    rfd, wfd = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as err:
+        os.close(rfd)
+        os.close(wfd)
+        print(f"overrided tftp launcher: cannot fork: {err}", file=sys.stderr)
+        return b""
+    if pid == 0:  # pragma: no cover - the spare never returns
+        os.close(rfd)
+        _spare(channel, wfd)
+    os.close(wfd)
+    with open(rfd, "rb", buffering=0) as said:
+        return said.read(1) or b""
+
+
+def _spare(channel: socket.socket, said: int) -> NoReturn:
+    """A spare's life: warm up, wait for a job, take it, become its transfer."""
+    try:
+        _warm_up()
+        while True:
+            data, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 3)
+            if not data:
+                os.write(said, _QUIT)  # the server closed its end
+                os._exit(0)
+            job_id = None
+            try:
+                message = json.loads(data)
+                job_id = message["id"]
+                if len(fds) != 3:
+                    raise ValueError(f"{len(fds)} descriptors, not 3")
+                job = TransferJob.from_dict(message)
+            except (ValueError, KeyError, TypeError) as err:
+                for fd in fds:
+                    os.close(fd)  # the server sees its pipe close without a result
+                print(f"overrided tftp launcher: malformed job: {err!r}", file=sys.stderr)
+                channel.send(json.dumps({"id": job_id, "pid": 0}).encode())
+                continue
+            sock_fd, blob_fd, wfd = fds
+            cpu_before = _cpu_seconds()  # the warm-up's is not the transfer's
+            transfer = job.build(
+                socket.socket(fileno=sock_fd), job.source(OpenBlob(blob_fd, job.size))
+            )
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, CHILD_SIGNALS)
+            transfer.begin()  # the client's answer first; the rest is off its clock
+            pidfd = os.pidfd_open(os.getpid())
+            with contextlib.suppress(OSError):  # a server gone cannot stop us: we end anyway
+                reply = json.dumps({"id": job_id, "pid": os.getpid()}).encode()
+                socket.send_fds(channel, [reply], [pidfd])
+            with contextlib.suppress(OSError):  # a launcher gone: this transfer goes on
+                os.write(said, _TOOK)
+            _become_transfer(transfer, [pidfd, said, channel.fileno()], mask)
+            break
+    except BaseException:
+        os._exit(1)
+    _run_transfer(transfer, wfd, cpu_before)
+
+
+def _warm_up() -> None:
+    """Run what a transfer's start runs, so its pages are this process's before a job comes."""
+    job = TransferJob.from_dict(json.loads(json.dumps(_WARM_UP_JOB.to_dict())))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        transfer = job.build(sock, job.source(OpenBlob(-1, job.size)))
+        result_message(transfer.record, _cpu_seconds())
+    os.close(os.pidfd_open(os.getpid()))
+
+
+# -- the server's side -----------------------------------------------------------------------
+
+# Called with a launched transfer's pid and pidfd (0 and -1 if it could not be started or the
+# launcher stopped before saying).
+Launched = Callable[[int, int], None]
+
+
+class Launcher:
+    """The server's handle on its launcher process: start it, hand it transfers."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._channel: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = False
+        self._waiting: dict[int, Launched] = {}  # by job id, until its process answers
+        self._next_id = 0
+        self._started_at = 0.0
+        self._ready_event = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        """Whether jobs can be handed over now."""
+        return self._ready
+
+    @property
+    def enabled(self) -> bool:
+        """False with ``OVERRIDED_TFTP_LAUNCHER=0``: the server forks every transfer."""
+        return os.environ.get("OVERRIDED_TFTP_LAUNCHER", "1") != "0"
+
+    def fds(self) -> list[int]:
+        """The descriptors this handle holds (a process the server forks closes them)."""
+        return [self._channel.fileno()] if self._channel is not None else []
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the launcher process; it says when it is ready (jobs fork in the server until).
+
+        ``OVERRIDED_TFTP_LAUNCHER=0`` leaves it off: the server forks every transfer.
+        """
+        if not self.enabled:
+            return
+        self._loop = loop
+        self._started_at = time.monotonic()
+        self._ready_event.clear()
+        if self._proc is not None:
+            self._proc.poll()  # collect one that stopped
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # A fresh interpreter without site-packages: only this package's TFTP modules load.
+        root = str(Path(__file__).resolve().parents[2])
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); "
+            f"from overrided.tftp.launcher import main; main({theirs.fileno()})"
+        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", code],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as err:
+            ours.close()
+            log.warning("tftp: cannot start the transfer launcher (%s); the server forks", err)
+            return
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._channel = ours
+        loop.add_reader(ours.fileno(), self._on_reply)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the launcher takes jobs (False after ``timeout``: the server forks)."""
+        if self._channel is not None and not self._ready:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready_event.wait(), timeout)
+        return self._ready
+
+    def submit(self, job: TransferJob, fds: list[int], launched: Launched) -> int | None:
+        """Hand ``job`` over with its socket, file and pipe; its id, or None if the server
+        must fork it.
+
+        ``launched`` is called once its process answers, or the launcher is lost
+        (``forget`` the id when the transfer ends, in case its process died before answering).
+        """
+        if self._channel is None:
+            if self._loop is not None and time.monotonic() - self._started_at >= RESTART_AFTER:
+                self.start(self._loop)
+            return None
+        if not self._ready:
+            return None
+        self._next_id += 1
+        message = json.dumps({"id": self._next_id, **job.to_dict()}).encode()
+        try:
+            socket.send_fds(self._channel, [message], fds)
+        except BlockingIOError:
+            return None  # the launcher is behind: this one forks here
+        except OSError as err:
+            self._lost(f"cannot hand over a transfer: {err.strerror}")
+            return None
+        self._waiting[self._next_id] = launched
+        return self._next_id
+
+    def forget(self, job_id: int) -> None:
+        """The transfer of ``job_id`` ended: its answer, if it still comes, is not needed."""
+        self._waiting.pop(job_id, None)
+
+    def _on_reply(self) -> None:
+        channel = self._channel
+        while channel is not None:
+            try:
+                data, fds, _, _ = socket.recv_fds(channel, 1024, 1)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                self._lost(f"channel failed: {err.strerror}")
+                return
+            if not data:
+                self._lost("it exited")
+                return
+            try:
+                reply = json.loads(data)
+            except ValueError:
+                reply = {}
+            if reply.get("ready"):
+                self._ready = True
+                self._ready_event.set()
+                continue
+            pidfd = fds[0] if fds else -1
+            launched = self._waiting.pop(reply.get("id"), None)
+            if launched is not None:
+                launched(int(reply.get("pid", 0)), pidfd)
+            elif pidfd >= 0:
+                os.close(pidfd)
+
+    def _lost(self, why: str) -> None:
+        """The launcher is gone: transfers fork in the server until it is restarted."""
+        log.warning("tftp: transfer launcher stopped (%s); the server forks transfers", why)
+        self._drop_channel()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()  # alive but unusable; reaped when the next one starts
+        self._unanswered()
+
+    def _unanswered(self) -> None:
+        """No answers will come: their processes (if any) still report through their pipes."""
+        waiting, self._waiting = self._waiting, {}
+        for launched in waiting.values():
+            launched(0, -1)
+
+    def _drop_channel(self) -> None:
+        if self._channel is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._channel.fileno())
+            self._channel.close()
+            self._channel = None
+        self._ready = False
+
+    async def close(self) -> None:
+        """Stop the launcher (it exits when its channel closes); running transfers go on."""
+        self._drop_channel()
+        self._unanswered()
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for _ in range(100):
+            if proc.poll() is not None:
+                return
+            await asyncio.sleep(0.02)
+        proc.kill()
+        proc.wait()
