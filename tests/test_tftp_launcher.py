@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from overrided.tftp import launcher as launcher_module
+from overrided.tftp.launcher import SPARES
 from overrided.tftp.packets import ErrorCode, encode_error
 from tests.test_tftp_protocol import read_whole
 from tests.test_tftp_support import RawClient, ServerThread, data_blocks, wait_until
@@ -75,19 +76,25 @@ def running_transfer_pid(srv: ServerThread) -> int:
     return int(srv.run(pid))
 
 
-def test_a_transfer_runs_in_the_spare_the_launcher_forked_ahead(server: ServerThread) -> None:
+def spares(launcher: int) -> list[int]:
+    """The launcher's spares, once all are forked."""
+    wait_until(lambda: len(children(launcher)) == SPARES)
+    return children(launcher)
+
+
+def test_a_transfer_runs_in_a_spare_the_launcher_forked_ahead(server: ServerThread) -> None:
     launcher = launcher_pid(server)
     assert launcher, "the launcher is not running after start()"
-    wait_until(lambda: len(children(launcher)) == 1)
-    (spare,) = children(launcher)
+    waiting = spares(launcher)
     client = RawClient(server.port)
     client.request("big")
     assert data_blocks([client.recv()]) == [1]
-    # The waiting spare became this transfer, and the server knows it by its pid.
-    assert running_transfer_pid(server) == spare
-    assert parent_of(spare) == launcher
-    # A new spare waits for the next request.
-    wait_until(lambda: len(children(launcher)) == 2)
+    # A waiting spare became this transfer, and the server knows it by its pid.
+    transfer = running_transfer_pid(server)
+    assert transfer in waiting
+    assert parent_of(transfer) == launcher
+    # A new spare takes its place.
+    wait_until(lambda: len(children(launcher)) == SPARES + 1)
     client.send(encode_error(ErrorCode.UNDEFINED, "enough"))
     client.close()
     (record,) = server.observer.wait_finished(1)
@@ -99,12 +106,13 @@ def test_close_stops_a_launched_transfer_then_the_launcher(tmp_path: Path) -> No
     (tmp_path / "big").write_bytes(DATA)
     with ServerThread(tmp_path) as srv:
         launcher = launcher_pid(srv)
+        waiting = spares(launcher)
         client = RawClient(srv.port)
         client.request("big")
         client.recv()
         transfer = running_transfer_pid(srv)
         assert parent_of(transfer) == launcher
-        spares = [p for p in children(launcher) if p != transfer]
+        waiting = [p for p in children(launcher) if p != transfer] + waiting
         assert srv.server is not None
         srv.call(srv.server.close(grace=0.2))
         # Stopped through its pidfd: it tells the client, and reports why.
@@ -112,7 +120,7 @@ def test_close_stops_a_launched_transfer_then_the_launcher(tmp_path: Path) -> No
         client.close()
         (record,) = srv.observer.wait_finished(1)
         assert (record.outcome, record.reason) == ("aborted", "server shutting down")
-        wait_until(lambda: not alive(launcher) and not any(alive(p) for p in spares))
+        wait_until(lambda: not alive(launcher) and not any(alive(p) for p in waiting))
 
 
 def test_transfers_go_on_when_the_launcher_is_killed(
@@ -120,14 +128,12 @@ def test_transfers_go_on_when_the_launcher_is_killed(
 ) -> None:
     monkeypatch.setattr(launcher_module, "RESTART_AFTER", 0.0)
     first = launcher_pid(server)
-    wait_until(lambda: len(children(first)) == 1)
-    (spare,) = children(first)
+    orphans = spares(first)
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: not alive(first))
-    # The spare still waits on the channel: it takes the next transfer on its own ...
+    # The server sees it exit and closes the channel: the spares stop waiting on it.
+    wait_until(lambda: not any(alive(p) for p in [first, *orphans]))
+    # Meanwhile the server forks transfers itself, and starts a new launcher.
     assert read_whole(server.port, "big") == DATA
-    # ... and then nothing holds the channel: the server forks, and starts a new launcher.
-    wait_until(lambda: not alive(spare))
     assert read_whole(server.port, "big") == DATA
     wait_until(lambda: launcher_pid(server) not in (0, first))
     assert server.server is not None
@@ -146,10 +152,9 @@ def test_transfers_go_on_when_the_launcher_is_killed(
 
 def test_a_killed_spare_is_replaced(server: ServerThread) -> None:
     launcher = launcher_pid(server)
-    wait_until(lambda: len(children(launcher)) == 1)
-    (spare,) = children(launcher)
-    os.kill(spare, signal.SIGKILL)
-    wait_until(lambda: [p for p in children(launcher) if alive(p) and p != spare] != [])
+    killed = spares(launcher)[0]
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: len([p for p in children(launcher) if alive(p) and p != killed]) == SPARES)
     assert read_whole(server.port, "big") == DATA
     assert launcher_pid(server) == launcher
 
@@ -157,8 +162,7 @@ def test_a_killed_spare_is_replaced(server: ServerThread) -> None:
 def test_a_malformed_job_is_refused_and_the_next_is_served(server: ServerThread) -> None:
     assert server.server is not None
     launcher = launcher_pid(server)
-    wait_until(lambda: len(children(launcher)) == 1)
-    (spare,) = children(launcher)
+    waiting = spares(launcher)
     channel = server.server._launcher._channel
     assert channel is not None
     # What a broken server might send: a job without its descriptors, then not even JSON.
@@ -168,7 +172,10 @@ def test_a_malformed_job_is_refused_and_the_next_is_served(server: ServerThread)
     client = RawClient(server.port)
     client.request("big")
     assert data_blocks([client.recv()]) == [1]
-    assert running_transfer_pid(server) == spare
+    transfer = running_transfer_pid(server)
+    assert transfer in waiting
+    # No spare died of the malformed jobs.
+    assert all(alive(p) for p in waiting if p != transfer)
     client.send(encode_error(ErrorCode.UNDEFINED, "enough"))
     client.close()
     assert read_whole(server.port, "big") == DATA

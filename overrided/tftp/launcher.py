@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -211,8 +212,12 @@ def _run_transfer(transfer: ReadTransfer, wfd: int, cpu_before: float = 0.0) -> 
 
 # -- the launcher process ------------------------------------------------------------------
 
-# A spare that dies before taking a job this many times in a row stops the launcher (the
-# server then forks transfers itself).
+# Spares kept waiting. barebox asks for each file twice in a row (a size probe, then the read),
+# and several boards may start at once: one spare would leave the second request waiting for
+# the next spare's fork and warm-up.
+SPARES = 4
+# Spares that die before taking a job this many times in a row stop the launcher (the server
+# then forks transfers itself).
 SPARE_FAILURES = 5
 # What a spare tells the launcher on its pipe: it took a job, or the server closed the channel.
 _TOOK, _QUIT = b"t", b"q"
@@ -229,32 +234,51 @@ _WARM_UP_JOB = TransferJob(
 
 
 def main(channel_fd: int) -> None:
-    """The launcher: keep one spare process waiting for the server's next transfer.
+    """The launcher: keep ``SPARES`` processes waiting for the server's next transfers.
 
-    The spare is forked ahead and has already run the code a transfer starts with, so a
-    request meets neither the fork nor its first page copies (measured: the fork of this
-    process took 1.5-2.3 ms until the new process ran, its setup 0.6 ms more). It takes the
-    next job from the channel itself, answers the server with its own pidfd, tells the
-    launcher (which forks the next spare) and becomes that transfer.
+    A spare is forked ahead and has already run the code a transfer starts with, so a request
+    meets neither the fork nor its first page copies (measured: the fork of this process took
+    1.5-2.3 ms until the new process ran, its setup 0.6 ms more). It takes a job from the
+    channel itself, sends the client its first packet, answers the server with its own pidfd,
+    tells the launcher (which forks a new spare) and becomes that transfer.
     """
     channel = socket.socket(fileno=channel_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps transfers; pipes report
     gc.freeze()  # spares share these objects: no collection of theirs copies their pages
     channel.send(b'{"ready": true}')
-    failures = 0
-    while failures < SPARE_FAILURES:
-        said = _next_spare(channel)
-        if said == _QUIT:
-            return
-        failures = 0 if said == _TOOK else failures + 1
-        if failures:
-            time.sleep(0.1)
-    print("overrided tftp launcher: spare processes keep failing; stopping", file=sys.stderr)
+    spares: set[int] = set()  # the read ends of the spares' pipes
+    failures, quitting = 0, False
+    while True:
+        while not quitting and len(spares) < SPARES and failures < SPARE_FAILURES:
+            if failures:
+                time.sleep(0.1)  # do not spin on a spare that cannot start
+            said = _fork_spare(channel, spares)
+            if said < 0:
+                failures += 1
+            else:
+                spares.add(said)
+        if not spares:
+            break
+        for said in select.select(list(spares), [], [])[0]:
+            word = os.read(said, 1)
+            os.close(said)
+            spares.discard(said)
+            if word == _TOOK:
+                failures = 0
+            elif word == _QUIT:
+                quitting = True  # the server closed its end: the others see it too
+            else:
+                failures += 1  # died waiting
+    if not quitting:
+        print("overrided tftp launcher: spare processes keep failing; stopping", file=sys.stderr)
 
 
-def _next_spare(channel: socket.socket) -> bytes:
-    """Fork a spare and wait until it took a job or quit (b"" if it died first)."""
+def _fork_spare(channel: socket.socket, others: set[int]) -> int:
+    """Fork a spare; the read end of the pipe it reports on (-1 if the fork failed).
+
+    ``others``: the other spares' pipes, which the new one closes.
+    """
     rfd, wfd = os.pipe()
     try:
         pid = os.fork()
@@ -262,13 +286,13 @@ def _next_spare(channel: socket.socket) -> bytes:
         os.close(rfd)
         os.close(wfd)
         print(f"overrided tftp launcher: cannot fork: {err}", file=sys.stderr)
-        return b""
+        return -1
     if pid == 0:  # pragma: no cover - the spare never returns
-        os.close(rfd)
+        for fd in (rfd, *others):
+            os.close(fd)
         _spare(channel, wfd)
     os.close(wfd)
-    with open(rfd, "rb", buffering=0) as said:
-        return said.read(1) or b""
+    return rfd
 
 
 def _spare(channel: socket.socket, said: int) -> NoReturn:
@@ -335,6 +359,7 @@ class Launcher:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._channel: socket.socket | None = None
+        self._pidfd = -1  # readable once the launcher process has exited
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = False
         self._waiting: dict[int, Launched] = {}  # by job id, until its process answers
@@ -390,6 +415,16 @@ class Launcher:
         ours.setblocking(False)
         self._channel = ours
         loop.add_reader(ours.fileno(), self._on_reply)
+        try:
+            self._pidfd = os.pidfd_open(self._proc.pid)
+        except OSError:  # already gone: the channel says so too
+            return
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        """The launcher process ended: close the channel, so its spares stop waiting on it."""
+        code = self._proc.poll() if self._proc is not None else None
+        self._lost(f"it exited with status {code}")
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until the launcher takes jobs (False after ``timeout``: the server forks)."""
@@ -470,6 +505,11 @@ class Launcher:
             launched(0, -1)
 
     def _drop_channel(self) -> None:
+        if self._pidfd >= 0:
+            if self._loop is not None:
+                self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
         if self._channel is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._channel.fileno())
