@@ -7,7 +7,8 @@ the host shares their link. Runs alternate between the servers so load from else
 both alike; each figure is the median of ``--runs``.
 
 - window 1 (lockstep) at blksize 512/1432/1468/8192/65464, with curl and with our own client
-  (bench/tftpclient.py), on a 64 MiB file, in two placements: server and client pinned to one
+  (bench/tftpget.c, built here with gcc: small per packet, and it can ask for a window), on
+  a 64 MiB file, in two placements: server and client pinned to one
   core, and to two different cores. At window 1 each block is a round trip, and a round trip
   costs very different things in the two (on a virtual machine a wake-up across cores can
   cost several times the server's work), so the scheduler's choice would otherwise decide
@@ -18,7 +19,10 @@ both alike; each figure is the median of ``--runs``.
 - with a board's round trip emulated (``--turnaround-ms``, default 0.5: our client waits that
   long before each ACK, since this kernel has no netem): tftpd-hpa and overrided at window 1
   and overrided at windowsize 16, blksize 1432, on the 16 MiB file. On loopback a round trip
-  costs microseconds, so a window saves little; on a real link it is what a window amortises.
+  costs microseconds, so a window saves little; on a real link it is what a window amortises;
+- the first answer: barebox probes every file it opens (RRQ with blksize 512 and tsize, then
+  ERROR once it has the OACK), so the time from an RRQ to its OACK is paid per file; the
+  median of ``--probes`` such probes per server, alternating.
 
 Prints a table, then ``ratio_vs_tftpd_hpa=`` (the lowest of the window-1 ratios at blksize
 1432 and 1468, the two block sizes barebox and U-Boot use, over both clients and placements).
@@ -28,8 +32,10 @@ The rows after window 1 run unpinned.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,9 +50,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import cpustat  # noqa: E402
-from tftpclient import fetch  # noqa: E402
 
 HPA_PORT, OVD_PORT = 1069, 2069
+CLIENT = Path("tftpget")  # set by inside(): the built bench/tftpget.c
 BLKSIZES = (512, 1432, 1468, 8192, 65464)
 WINDOWS = (4, 16, 64)
 WINDOW_BLKSIZES = (1432, 1468)
@@ -82,24 +88,49 @@ def curl_fetch(port: int, name: str, blksize: int, size: int) -> float:
     return float(out[1])
 
 
+def build_client(dest: Path) -> Path:
+    """Compile bench/tftpget.c into ``dest``."""
+    exe = dest / "tftpget"
+    try:
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(exe), str(HERE / "tftpget.c"), "-lz"], check=True, timeout=120
+        )
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise SystemExit(f"bench_tftp: cannot build bench/tftpget.c with gcc: {err}") from None
+    return exe
+
+
 def ours_fetch(
     port: int, name: str, blksize: int, window: int, size: int, crc: int, turnaround: float = 0.0
 ) -> float:
     """Seconds our client needs to read ``name`` (checked for size and CRC)."""
-    got = fetch(
-        "127.0.0.1",
-        port,
-        name,
-        blksize=blksize,
-        windowsize=window,
-        timeout=1.0,
-        turnaround=turnaround,
+    argv = [str(CLIENT), "127.0.0.1", str(port), name, str(blksize), str(window)]
+    out = subprocess.run(
+        [*argv, str(round(turnaround * 1e6))], capture_output=True, text=True, timeout=600
     )
-    if (got.size, got.crc32) != (size, crc):
-        raise RuntimeError(f"port {port}: got {got.size} bytes, crc {got.crc32:#x}")
-    if window > 1 and got.options.get("windowsize") != str(window):
-        raise RuntimeError(f"port {port}: windowsize {window} not granted: {got.options}")
-    return got.seconds
+    if out.returncode:
+        raise RuntimeError(f"port {port}: {out.stderr.strip()}")
+    got = json.loads(out.stdout)
+    if (got["size"], got["crc32"]) != (size, crc):
+        raise RuntimeError(f"port {port}: got {got['size']} bytes, crc {got['crc32']:#x}")
+    if window > 1 and got["options"].get("windowsize") != str(window):
+        raise RuntimeError(f"port {port}: windowsize {window} not granted: {got['options']}")
+    return float(got["seconds"])
+
+
+def probe(port: int, name: str) -> float:
+    """Seconds from barebox's size probe (RRQ blksize 512, tsize) to the server's OACK."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        request = b"\0\1" + name.encode() + b"\0octet\0blksize\0" + b"512\0tsize\0" + b"0\0"
+        started = time.perf_counter()
+        sock.sendto(request, ("127.0.0.1", port))
+        answer, peer = sock.recvfrom(2048)
+        elapsed = time.perf_counter() - started
+        if answer[:2] != b"\0\6":
+            raise RuntimeError(f"port {port}: probe answered with {answer[:32]!r}, not an OACK")
+        sock.sendto(b"\0\5\0\0probe done\0", peer)  # as barebox ends its probe
+    return elapsed
 
 
 def many_at_once(port: int, name: str, size: int) -> float:
@@ -119,6 +150,15 @@ def many_at_once(port: int, name: str, size: int) -> float:
     return elapsed
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    return [pid] + [p for kid in kids for p in family(int(kid))]
+
+
 def median_rate(samples: list[float], size: int) -> float:
     """MB/s from the median of the timings."""
     return size / statistics.median(samples) / 1e6
@@ -126,12 +166,15 @@ def median_rate(samples: list[float], size: int) -> float:
 
 def inside(args: argparse.Namespace) -> int:
     """The benchmark proper, run inside the namespace."""
+    global CLIENT
     size = args.size_mib << 20
     small = min(16 << 20, size)
     root = Path(tempfile.mkdtemp(prefix="bench-tftp-"))
     root.chmod(0o755)  # tftpd-hpa drops to its own user
     servers: list[subprocess.Popen[bytes]] = []
+    build = Path(tempfile.mkdtemp(prefix="bench-tftp-client-"))
     try:
+        CLIENT = build_client(build)
         data = os.urandom(size)
         (root / "big").write_bytes(data)
         (root / "small").write_bytes(data[:small])
@@ -154,10 +197,12 @@ def inside(args: argparse.Namespace) -> int:
         every_cpu = os.sched_getaffinity(0)
 
         def place(server_cpus: set[int], client_cpus: set[int]) -> None:
-            # Transfers are forked from the servers' processes and inherit their affinity;
-            # clients (curl, and our client in this process) inherit this process's.
+            # Transfers are forked from the servers' processes (overrided's from its launcher,
+            # which keeps a spare forked ahead) and inherit their affinity; clients (curl and
+            # tftpget, started from this process) inherit this one's.
             for proc in servers:
-                os.sched_setaffinity(proc.pid, server_cpus)
+                for pid in family(proc.pid):
+                    os.sched_setaffinity(pid, server_cpus)
             os.sched_setaffinity(0, client_cpus)
 
         def pair(run: Callable[[int], float], nbytes: int) -> tuple[float, float]:
@@ -182,22 +227,23 @@ def inside(args: argparse.Namespace) -> int:
                     else:
                         h, o = pair(lambda p, bs=bs: ours_fetch(p, "big", bs, 1, size, crc), size)
                     rows.append((f"window 1 blksize {bs}, {where}", client, h, o))
-                    print(f"  {rows[-1][0]:<38} {client:<6} {h:8.1f} {o:8.1f}", flush=True)
+                    print(f"  {rows[-1][0]:<38} {client:<7} {h:8.1f} {o:8.1f}", flush=True)
         place(every_cpu, every_cpu)
         # Window rows compare with tftpd-hpa's window 1 where the scheduler put it: unpinned.
         for bs in WINDOW_BLKSIZES:
             h, o = pair(lambda p, bs=bs: ours_fetch(p, "big", bs, 1, size, crc), size)
-            rows.append((f"window 1 blksize {bs}, unpinned", "ours", h, o))
-            print(f"  {rows[-1][0]:<38} ours   {h:8.1f} {o:8.1f}", flush=True)
+            rows.append((f"window 1 blksize {bs}, unpinned", "tftpget", h, o))
+            print(f"  {rows[-1][0]:<38} tftpget {h:8.1f} {o:8.1f}", flush=True)
         hpa_w1 = {(r[0], r[1]): r[2] for r in rows}
         for bs in WINDOW_BLKSIZES:
             for w in WINDOWS:
                 runs = [ours_fetch(OVD_PORT, "big", bs, w, size, crc) for _ in range(args.runs)]
-                reference = hpa_w1[(f"window 1 blksize {bs}, unpinned", "ours")]
+                reference = hpa_w1[(f"window 1 blksize {bs}, unpinned", "tftpget")]
                 rows.append(
-                    (f"windowsize {w} blksize {bs}", "ours", reference, median_rate(runs, size))
+                    (f"windowsize {w} blksize {bs}", "tftpget", reference, median_rate(runs, size))
                 )
-                print(f"  {rows[-1][0]:<38} ours   {reference:8.1f} {rows[-1][3]:8.1f}", flush=True)
+                case, rate = rows[-1][0], rows[-1][3]
+                print(f"  {case:<38} tftpget {reference:8.1f} {rate:8.1f}", flush=True)
         h, o = pair(lambda p: many_at_once(p, "small", small), CLIENTS_AT_ONCE * small)
         rows.append((f"{CLIENTS_AT_ONCE} at once, {small >> 20} MiB each", "curl", h, o))
 
@@ -206,11 +252,18 @@ def inside(args: argparse.Namespace) -> int:
         small_crc = zlib.crc32((root / "small").read_bytes())
         h, o = pair(lambda p: ours_fetch(p, "small", 1432, 1, small, small_crc, rtt), small)
         rtt_case = f"rtt {args.turnaround_ms:g} ms, blksize 1432"
-        rows.append((f"{rtt_case}, window 1", "ours", h, o))
+        rows.append((f"{rtt_case}, window 1", "tftpget", h, o))
         w16 = [
             ours_fetch(OVD_PORT, "small", 1432, 16, small, small_crc, rtt) for _ in range(args.runs)
         ]
-        rows.append((f"{rtt_case}, windowsize 16", "ours", h, median_rate(w16, small)))
+        rows.append((f"{rtt_case}, windowsize 16", "tftpget", h, median_rate(w16, small)))
+
+        # The first answer, as barebox's size probe of each file sees it.
+        waits: dict[int, list[float]] = {HPA_PORT: [], OVD_PORT: []}
+        for i in range(args.probes):
+            for port in (HPA_PORT, OVD_PORT) if i % 2 == 0 else (OVD_PORT, HPA_PORT):
+                waits[port].append(probe(port, "small"))
+        hpa_ms, ovd_ms = (statistics.median(waits[p]) * 1e3 for p in (HPA_PORT, OVD_PORT))
 
         print()
         print(
@@ -219,6 +272,11 @@ def inside(args: argparse.Namespace) -> int:
         for case, client, h, o in rows:
             print(f"{case:<44} {client:<7} {h:15.1f} {o:15.1f} {o / h:7.2f}")
         print("(windowsize rows: tftpd-hpa column is its window-1 figure at that blksize)")
+        print(
+            f"first answer (RRQ blksize 512 tsize -> OACK), median of {args.probes}:"
+            f" tftpd-hpa {hpa_ms:.2f} ms, overrided {ovd_ms:.2f} ms"
+        )
+        print(f"ratio_first_answer_vs_tftpd_hpa={hpa_ms / ovd_ms:.2f}  (above 1: sooner)")
         print(f"ratio_windowsize16_at_rtt_vs_tftpd_hpa={rows[-1][3] / rows[-1][2]:.2f}")
         print(f"load average: {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
         print(cpustat.report(cpu_before))
@@ -235,6 +293,7 @@ def inside(args: argparse.Namespace) -> int:
             proc.terminate()
             proc.wait(10)
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(build, ignore_errors=True)
 
 
 def main() -> int:
@@ -243,8 +302,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--size-mib", type=int, default=64, help="size of the big file")
     parser.add_argument(
-        "--clients", default="ours,curl", help="window-1 clients: ours, curl or both"
+        "--clients", default="tftpget,curl", help="window-1 clients: tftpget, curl or both"
     )
+    parser.add_argument("--probes", type=int, default=200, help="first-answer probes per server")
     parser.add_argument(
         "--turnaround-ms",
         type=float,
