@@ -368,18 +368,14 @@ class Launcher:
         self._ready_event = asyncio.Event()
 
     @property
-    def ready(self) -> bool:
-        """Whether jobs can be handed over now."""
-        return self._ready
-
-    @property
     def enabled(self) -> bool:
         """False with ``OVERRIDED_TFTP_LAUNCHER=0``: the server forks every transfer."""
         return os.environ.get("OVERRIDED_TFTP_LAUNCHER", "1") != "0"
 
     def fds(self) -> list[int]:
         """The descriptors this handle holds (a process the server forks closes them)."""
-        return [self._channel.fileno()] if self._channel is not None else []
+        held = [self._channel.fileno()] if self._channel is not None else []
+        return [*held, self._pidfd] if self._pidfd >= 0 else held
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the launcher process; it says when it is ready (jobs fork in the server until).
