@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from overrided.served import Transfer
 from overrided.tftp import launcher as launcher_module
-from overrided.tftp.launcher import SPARES
-from overrided.tftp.packets import ErrorCode, encode_error
+from overrided.tftp.launcher import SPARES, TransferJob
+from overrided.tftp.packets import ErrorCode, Negotiated, encode_error
 from tests.test_tftp_protocol import read_whole
 from tests.test_tftp_support import RawClient, ServerThread, data_blocks, wait_until
 
@@ -165,9 +166,20 @@ def test_a_malformed_job_is_refused_and_the_next_is_served(server: ServerThread)
     waiting = spares(launcher)
     channel = server.server._launcher._channel
     assert channel is not None
-    # What a broken server might send: a job without its descriptors, then not even JSON.
+    # What a broken server might send: a job without its descriptors, not even JSON, fields
+    # of the wrong kind.
     socket.send_fds(channel, [json.dumps({"id": 999, "peer": []}).encode()], [])
     socket.send_fds(channel, [b"\xff not json"], [])
+    job = TransferJob(
+        ("127.0.0.1", 9), "octet", 1, Negotiated(), Transfer("tftp", "127.0.0.1:9", "x"), 1, 1, 1
+    ).to_dict()
+    rfd, wfd = os.pipe()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, open(os.devnull) as null:
+        fds = [sock.fileno(), null.fileno(), wfd]
+        socket.send_fds(channel, [json.dumps({**job, "id": 998, "oack": []}).encode()], fds)
+    os.close(wfd)
+    with open(rfd, "rb") as result:
+        assert result.read() == b""  # refused: its result pipe closes without a result
     # The same spare refuses both, then takes the next real transfer.
     client = RawClient(server.port)
     client.request("big")

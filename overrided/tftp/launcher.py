@@ -106,7 +106,8 @@ class TransferJob:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransferJob:
-        """The job from its message (ValueError, KeyError or TypeError if malformed)."""
+        """The job from its message (ValueError, KeyError, TypeError or AttributeError if
+        malformed)."""
         granted = Negotiated(
             blksize=int(d["blksize"]),
             windowsize=int(d["windowsize"]),
@@ -311,7 +312,7 @@ def _spare(channel: socket.socket, said: int) -> NoReturn:
                 if len(fds) != 3:
                     raise ValueError(f"{len(fds)} descriptors, not 3")
                 job = TransferJob.from_dict(message)
-            except (ValueError, KeyError, TypeError) as err:
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
                 for fd in fds:
                     os.close(fd)  # the server sees its pipe close without a result
                 print(f"overrided tftp launcher: malformed job: {err!r}", file=sys.stderr)
@@ -474,15 +475,18 @@ class Launcher:
             try:
                 reply = json.loads(data)
             except ValueError:
+                reply = None
+            if not isinstance(reply, dict):
                 reply = {}
             if reply.get("ready"):
                 self._ready = True
                 self._ready_event.set()
                 continue
             pidfd = fds[0] if fds else -1
-            launched = self._waiting.pop(reply.get("id"), None)
+            job_id, pid = reply.get("id"), reply.get("pid")
+            launched = self._waiting.pop(job_id, None) if isinstance(job_id, int) else None
             if launched is not None:
-                launched(int(reply.get("pid", 0)), pidfd)
+                launched(pid if isinstance(pid, int) else 0, pidfd)
             elif pidfd >= 0:
                 os.close(pidfd)
 
