@@ -28,7 +28,7 @@ import asyncio, sys
 from pathlib import Path
 from aiohttp import web
 from overrided.http import make_app
-from overrided.served import Blob, Entry, NotServed, Transfer
+from overrided.served import Entry, NotServed, Transfer, View
 from overrided.state import EventHub, Journal
 
 class OneFile:
@@ -36,7 +36,7 @@ class OneFile:
         self.builds_dir = path.parent / "kernel-builds"
         self.events = EventHub()
         self.journal = Journal()
-        self.entry = Entry(path.name, Blob(path, path.stat().st_size), "bench")
+        self.entry = Entry(path.name, View.of_file(path, path.stat().st_size), "bench")
     def lookup(self, name, client=None):
         if name != self.entry.name:
             raise NotServed(f"{name!r} is not in the catalog")

@@ -64,8 +64,8 @@ class Catalog:
         return len(self.entries)
 
     def digests(self) -> set[str]:
-        """The digests of every blob this catalog serves (the store's live set)."""
-        return {e.blob.digest for e in self.entries.values() if e.blob.digest}
+        """The digests of every store blob this catalog's views read (the store's live set)."""
+        return {d for e in self.entries.values() for d in e.view.files()}
 
     def successor(
         self,

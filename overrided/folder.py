@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from overrided.served import Blob, Entry, NotServed, clean_name
+from overrided.served import Entry, NotServed, View, clean_name
 
 # Suffixes of files that hold keys; never served whatever the name they are reached by.
 PRIVATE_SUFFIXES = (".pem", ".key")
@@ -47,4 +47,4 @@ class FolderNamespace:
             raise NotServed(f"{clean!r}: {err.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
             raise NotServed(f"{clean!r} is not a regular file")
-        return Entry(clean, Blob(real, st.st_size))
+        return Entry(clean, View.of_file(real, st.st_size))

@@ -98,7 +98,7 @@ class Pins:
                 "serve it"
             )
         current = catalog.entries.get(name)
-        if current is None or current.blob != entry.blob:
+        if current is None or current.view != entry.view:
             group = catalog.groups.get(name)
             log.info(
                 "pin: client %s gets %s of board %s from %s, not from %s",
@@ -146,13 +146,13 @@ class Pins:
             pin.transfers.discard(id(transfer))
 
     def digests(self) -> set[str]:
-        """The blobs live pins can still serve (dead pins are dropped first)."""
+        """The store blobs live pins can still serve (dead pins are dropped first)."""
         self.prune()
         return {
-            e.blob.digest
+            d
             for pin in self._by_board.values()
             for e in pin.entries.values()
-            if e.blob.digest
+            for d in e.view.files()
         }
 
     def prune(self) -> int:

@@ -50,9 +50,11 @@ def tree(tmp_path: Path) -> Path:
 )
 def test_serves(tree: Path, name: str, size: int) -> None:
     entry = FolderNamespace(tree).lookup(name)
-    assert entry.blob.size == size
-    assert entry.blob.path.is_relative_to(tree.resolve())
-    with entry.blob.open() as opened:
+    assert entry.view.size == size
+    assert all(
+        p.path is not None and p.path.is_relative_to(tree.resolve()) for p in entry.view.pieces
+    )
+    with entry.view.open() as opened:
         assert len(opened.read_at(0, 1000)) == size
 
 

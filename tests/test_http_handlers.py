@@ -9,6 +9,7 @@ that its image.fit starts with the FDT magic. Tests against the real ``overrided
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -16,8 +17,10 @@ import socket
 import subprocess
 import tarfile
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 import pytest
@@ -25,7 +28,7 @@ from aiohttp import web
 from openapi_spec_validator import validate
 
 from overrided.http import make_app
-from overrided.served import Blob, Entry, NotServed, Transfer
+from overrided.served import Entry, NotServed, Piece, Transfer, View
 from overrided.state import BoardInfo, BuildInfo, Event, EventHub, IndexResult, Journal
 
 TOKEN = "t0ken-for-tests"
@@ -76,7 +79,7 @@ class FolderService:
         if fit.exists():
             self.current = build
             self.entries["fit-rock3a"] = Entry(
-                "fit-rock3a", Blob(fit, fit.stat().st_size), "rock3a"
+                "fit-rock3a", View.of_file(fit, fit.stat().st_size), "rock3a"
             )
         self.events.publish(Event(kind="build-indexed", build=build, data={"duration": 0.01}))
         self.events.publish(
@@ -345,7 +348,7 @@ async def served(server: Server) -> bytes:
     f = server.tmp / "blob"
     f.write_bytes(data)
     server.service.entries["pxelinux.cfg/01-52-54-00-12-34-56"] = Entry(
-        "pxelinux.cfg/01-52-54-00-12-34-56", Blob(f, len(data), "ab" * 32), "rock3a"
+        "pxelinux.cfg/01-52-54-00-12-34-56", View.of_file(f, len(data), "ab" * 32), "rock3a"
     )
     return data
 
@@ -516,3 +519,231 @@ async def test_expect_100_continue(
     )
     assert code == status, body
     assert (server.service.builds_dir / "k1" / "image.fit").exists() is (status == 201)
+
+
+# A view of many pieces, as a trimmed FIT or an initrd is served: literal bytes around ranges of
+# two files, one of them read twice. Each row: (literal bytes | None, file, offset, length).
+MULTI = "fit-rock3a-multi"
+LAYOUT: list[tuple[bytes | None, str, int, int]] = [
+    (b"HDR:" * 25, "", 0, 100),
+    (None, "a", 1000, 20_000),
+    (b"mid", "", 0, 3),
+    (None, "b", 0, 40_000),
+    (None, "a", 50_000, 14_000),
+    (b"\n", "", 0, 1),
+]
+MULTI_SIZE = sum(row[3] for row in LAYOUT)  # 74104; pieces start at 0 100 20100 20103 60103 74103
+
+
+class SendfileSpy:
+    """Stands in for the running loop's ``sendfile``: records each call's byte count and either
+    sends (``native``) or refuses like a transport without sendfile support (``copy``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, mode: str) -> None:
+        self.mode = mode
+        self.calls: list[int] = []
+        self._real = loop.sendfile
+
+    async def __call__(
+        self, transport: asyncio.WriteTransport, file: BinaryIO, offset: int, count: int
+    ) -> int:
+        self.calls.append(count)
+        if self.mode == "copy":
+            raise NotImplementedError("sendfile is not supported for this transport")
+        return await self._real(transport, file, offset, count)
+
+
+@pytest.fixture(params=["native", "copy"])
+async def sendfile(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> SendfileSpy:
+    """The server's sendfile, watched (``native``) or unavailable (``copy``, the fallback)."""
+    loop = asyncio.get_running_loop()
+    spy = SendfileSpy(loop, request.param)
+    monkeypatch.setattr(loop, "sendfile", spy)
+    return spy
+
+
+@pytest.fixture
+async def multi(server: Server) -> bytes:
+    """Serve ``MULTI`` (store-like file pieces, with content hashes); its expected bytes."""
+    contents = {"a": os.urandom(64_000), "b": os.urandom(40_000)}
+    files = {k: server.tmp / f"blob-{k}" for k in contents}
+    for k, data in contents.items():
+        files[k].write_bytes(data)
+    digests = {k: hashlib.sha256(v).hexdigest() for k, v in contents.items()}
+    view = View(
+        tuple(
+            Piece.literal(d) if d is not None else Piece(n, files[f], o, digest=digests[f])
+            for d, f, o, n in LAYOUT
+        )
+    )
+    server.service.entries[MULTI] = Entry(MULTI, view, "rock3a")
+    expected = b"".join(d if d is not None else contents[f][o : o + n] for d, f, o, n in LAYOUT)
+    assert view.size == len(expected) == MULTI_SIZE
+    return expected
+
+
+def file_parts(first: int, last: int) -> list[int]:
+    """The byte counts of the file ranges the bytes ``[first, last]`` of ``MULTI`` cross."""
+    parts, start = [], 0
+    for data, _, _, n in LAYOUT:
+        overlap = min(last + 1, start + n) - max(first, start)
+        if data is None and overlap > 0:
+            parts.append(overlap)
+        start += n
+    return parts
+
+
+async def last_transfer(service: FolderService, name: str) -> Transfer:
+    """The journal's newest record of ``name`` (the handler files it just after the body)."""
+    for _ in range(200):
+        found = [t for t in service.journal.of("rock3a") if t.name == name]
+        if found:
+            return found[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no transfer of {name} in the journal")
+
+
+async def test_multi_piece_view_with_curl(
+    server: Server, multi: bytes, sendfile: SendfileSpy
+) -> None:
+    out = server.tmp / "out"
+    r = await asyncio.to_thread(
+        server.curl, "--fail", "-o", out, "-w", "%{http_code}", f"{server.url}/{MULTI}"
+    )
+    assert r.stdout == "200", r.stderr
+    assert out.read_bytes() == multi
+    # Native: one sendfile per file range. Copy: the first one refused, the rest never tried.
+    assert sendfile.calls == ([20_000, 40_000, 14_000] if sendfile.mode == "native" else [20_000])
+    transfer = await last_transfer(server.service, MULTI)
+    assert (transfer.outcome, transfer.sent, transfer.size) == ("ok", MULTI_SIZE, MULTI_SIZE)
+
+
+@pytest.mark.parametrize(
+    ("spec", "first", "last"),
+    [
+        ("0-99", 0, 99),  # exactly the first (literal) piece
+        ("100-20099", 100, 20_099),  # exactly a file range
+        ("20100-20102", 20_100, 20_102),  # exactly a literal piece between two files
+        ("50-149", 50, 149),  # across a literal/file boundary
+        ("99-100", 99, 100),  # the last byte of one piece and the first of the next
+        ("100-100", 100, 100),  # one byte, on a boundary
+        ("20101-20101", 20_101, 20_101),  # one byte inside a literal piece
+        ("20099-20103", 20_099, 20_103),  # file, literal, file
+        ("30000-30999", 30_000, 30_999),  # inside a file range, away from its start
+        ("5000-70000", 5_000, 70_000),  # across every middle piece
+        ("60103-", 60_103, MULTI_SIZE - 1),  # from a boundary to the end
+        ("60200-", 60_200, MULTI_SIZE - 1),  # from inside a piece to the end
+        ("74000-99999", 74_000, MULTI_SIZE - 1),  # last-pos clipped
+        ("0-", 0, MULTI_SIZE - 1),
+        ("-1", MULTI_SIZE - 1, MULTI_SIZE - 1),  # suffix: the last literal byte
+        ("-14001", 60_103, MULTI_SIZE - 1),  # suffix: exactly the last two pieces
+        ("-50000", MULTI_SIZE - 50_000, MULTI_SIZE - 1),  # suffix from inside a piece
+        ("-100000", 0, MULTI_SIZE - 1),  # suffix longer than the view: all of it
+    ],
+)
+async def test_ranges_of_a_multi_piece_view(
+    server: Server, multi: bytes, sendfile: SendfileSpy, spec: str, first: int, last: int
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.url}/{MULTI}", headers={"Range": f"bytes={spec}"}) as resp,
+    ):
+        body = await resp.read()
+    assert resp.status == 206
+    assert resp.headers["Content-Range"] == f"bytes {first}-{last}/{MULTI_SIZE}"
+    assert body == multi[first : last + 1]
+    parts = file_parts(first, last)
+    assert sendfile.calls == (parts if sendfile.mode == "native" else parts[:1])
+    transfer = await last_transfer(server.service, MULTI)
+    assert transfer.options == {"range": f"{first}-{last}"}
+    assert (transfer.outcome, transfer.sent) == ("ok", last - first + 1)
+
+
+async def test_multi_piece_view_validators(server: Server, multi: bytes) -> None:
+    url = f"{server.url}/{MULTI}"
+    async with aiohttp.ClientSession() as http:
+        async with http.head(url, headers={"Range": "bytes=0-9"}) as resp:
+            # HEAD: the headers of the whole GET, no body; a Range applies to GET only (§14.2).
+            assert resp.status == 200
+            assert resp.headers["Content-Length"] == str(MULTI_SIZE)
+            assert "Last-Modified" not in resp.headers
+            etag = resp.headers["ETag"]
+        assert (await last_transfer(server.service, MULTI)).outcome == "probe"
+        async with http.get(url, headers={"If-None-Match": etag}) as resp:
+            assert resp.status == 304 and resp.headers["ETag"] == etag
+            assert await resp.read() == b""
+        async with http.get(url, headers={"If-None-Match": f'"x", W/{etag}'}) as resp:
+            assert resp.status == 304
+        # Without a Last-Modified there is no date to compare: If-Modified-Since is ignored.
+        later = "Sun, 06 Nov 2094 08:49:37 GMT"
+        async with http.get(url, headers={"If-Modified-Since": later}) as resp:
+            assert resp.status == 200 and await resp.read() == multi
+        async with http.get(url, headers={"Range": "bytes=100-199", "If-Range": etag}) as resp:
+            assert resp.status == 206 and await resp.read() == multi[100:200]
+        for stale in ('"other"', later):  # a changed tag, and a date we never sent: the whole
+            headers = {"Range": "bytes=100-199", "If-Range": stale}
+            async with http.get(url, headers=headers) as resp:
+                assert resp.status == 200 and await resp.read() == multi
+        async with http.get(url, headers={"Range": f"bytes={MULTI_SIZE}-"}) as resp:
+            assert resp.status == 416
+            assert resp.headers["Content-Range"] == f"bytes */{MULTI_SIZE}"
+
+
+async def test_etag_follows_the_pieces(server: Server, multi: bytes) -> None:
+    view = server.service.entries[MULTI].view
+    rebuilt = View(tuple(Piece(**vars(p)) for p in view.pieces))  # equal pieces, new objects
+    shifted = View((*view.pieces[:1], replace(view.pieces[1], offset=1001), *view.pieces[2:]))
+    relabelled = View((Piece.literal(b"hdr:" * 25), *view.pieces[1:]))
+    for name, v in [("same", rebuilt), ("shifted", shifted), ("relabelled", relabelled)]:
+        server.service.entries[name] = Entry(name, v, "rock3a")
+    tags = {}
+    async with aiohttp.ClientSession() as http:
+        for name in (MULTI, "same", "shifted", "relabelled"):
+            async with http.head(f"{server.url}/{name}") as resp:
+                tags[name] = resp.headers["ETag"]
+    assert tags["same"] == tags[MULTI]
+    assert len({tags[MULTI], tags["shifted"], tags["relabelled"]}) == 3
+
+
+@pytest.mark.parametrize(
+    ("view", "body"),
+    [
+        (View.of_bytes(b"#!ipxe\nchain http://x/boot\n"), b"#!ipxe\nchain http://x/boot\n"),
+        (View(()), b""),
+    ],
+    ids=["literal", "empty"],
+)
+async def test_views_without_files(
+    server: Server, sendfile: SendfileSpy, view: View, body: bytes
+) -> None:
+    server.service.entries["script"] = Entry("script", view, "rock3a")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/script") as resp:
+            assert resp.status == 200 and await resp.read() == body
+            assert resp.headers["ETag"] == f'"{view.digest[:32]}"'
+        async with http.get(f"{server.url}/script", headers={"Range": "bytes=-5"}) as resp:
+            # An empty view has no byte a range could select (RFC 9110 §14.1.1).
+            assert resp.status == (206 if body else 416)
+            if body:
+                assert await resp.read() == body[-5:]
+    assert sendfile.calls == []
+
+
+async def test_file_shorter_than_its_piece_drops_the_connection(
+    server: Server, sendfile: SendfileSpy
+) -> None:
+    # A plain file (no content hash) truncated under the view: the Content-Length cannot be
+    # honoured, so the connection is closed mid-body and the journal says why.
+    f = server.tmp / "plain"
+    f.write_bytes(os.urandom(10_000))
+    view = View((Piece.literal(b"head"), Piece(10_000, f), Piece.literal(b"tail")))
+    server.service.entries["short"] = Entry("short", view, "rock3a")
+    os.truncate(f, 4_000)
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/short") as resp:
+        assert resp.status == 200 and resp.content_length == 10_008
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    transfer = await last_transfer(server.service, "short")
+    assert transfer.outcome == "failed"
+    assert "ended 6000 bytes before its piece" in transfer.reason
+    assert transfer.sent == 4 + 4_000

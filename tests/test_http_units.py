@@ -1,17 +1,29 @@
-"""Pure parts of the HTTP side, as tables: ranges, entity tags, names, tokens, metric labels."""
+"""Pure parts of the HTTP side, as tables: ranges, what to answer, entity tags, names, tokens,
+metric labels."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
 from overrided.http.errors import RequestError
-from overrided.http.files import ByteRange, Unsatisfiable, etag_in, parse_range
+from overrided.http.files import (
+    ByteRange,
+    Plan,
+    Unsatisfiable,
+    etag_in,
+    etag_of,
+    parse_range,
+    plan,
+)
 from overrided.http.metrics import reason_label
 from overrided.http.token import TokenError, bearer_matches, load_or_create_token
 from overrided.http.uploads import check_artifact_path, check_build_name
+from overrided.served import Piece, View
 
 SIZE = 1000
 
@@ -74,6 +86,97 @@ def test_content_range() -> None:
 )
 def test_etag_in(header: str, weak: bool, match: bool) -> None:
     assert etag_in(header, '"abc"', weak=weak) is match
+
+
+TAG = '"abc"'
+DATE = "Sun, 06 Nov 2094 08:49:37 GMT"  # later than any file: a 304 if it were compared
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "answer"),
+    [
+        ("GET", {}, Plan(200, 0, SIZE)),
+        ("HEAD", {}, Plan(200, 0, SIZE)),
+        ("GET", {"If-None-Match": TAG}, Plan(304)),
+        ("HEAD", {"If-None-Match": TAG}, Plan(304)),
+        ("GET", {"If-None-Match": 'W/"abc"'}, Plan(304)),  # weak comparison (RFC 9110 §13.1.2)
+        ("GET", {"If-None-Match": '"x", *'}, Plan(304)),
+        ("GET", {"If-None-Match": '"old"'}, Plan(200, 0, SIZE)),
+        # No Last-Modified, so If-Modified-Since is ignored (§13.1.3), alone or not.
+        ("GET", {"If-Modified-Since": DATE}, Plan(200, 0, SIZE)),
+        ("GET", {"If-None-Match": '"old"', "If-Modified-Since": DATE}, Plan(200, 0, SIZE)),
+        ("GET", {"Range": "bytes=0-99"}, Plan(206, 0, 100, ByteRange(0, 99))),
+        ("GET", {"Range": "bytes=-10"}, Plan(206, 990, 10, ByteRange(990, 999))),
+        ("HEAD", {"Range": "bytes=0-99"}, Plan(200, 0, SIZE)),  # ranges are for GET (§14.2)
+        ("GET", {"Range": "bytes=2000-"}, Plan(416)),
+        ("HEAD", {"Range": "bytes=2000-"}, Plan(200, 0, SIZE)),
+        ("GET", {"Range": "bytes=0-1,5-6"}, Plan(200, 0, SIZE)),  # several: the whole
+        ("GET", {"Range": "items=0-1"}, Plan(200, 0, SIZE)),
+        ("GET", {"Range": "bytes=5-1"}, Plan(200, 0, SIZE)),  # invalid: ignored (§14.2)
+        ("GET", {"Range": "bytes=1-2", "If-Range": TAG}, Plan(206, 1, 2, ByteRange(1, 2))),
+        ("GET", {"Range": "bytes=1-2", "If-Range": 'W/"abc"'}, Plan(200, 0, SIZE)),  # §13.1.5
+        ("GET", {"Range": "bytes=1-2", "If-Range": '"old"'}, Plan(200, 0, SIZE)),
+        ("GET", {"Range": "bytes=1-2", "If-Range": DATE}, Plan(200, 0, SIZE)),  # no date to match
+        ("GET", {"Range": "bytes=2000-", "If-Range": '"old"'}, Plan(200, 0, SIZE)),
+        ("GET", {"If-Range": '"old"'}, Plan(200, 0, SIZE)),  # If-Range without Range: ignored
+        # If-None-Match is evaluated before the range (§13.2.2).
+        ("GET", {"If-None-Match": TAG, "Range": "bytes=2000-"}, Plan(304)),
+        ("GET", {"If-None-Match": '"old"', "Range": "bytes=0-0"}, Plan(206, 0, 1, ByteRange(0, 0))),
+    ],
+)
+def test_plan(method: str, headers: dict[str, str], answer: Plan) -> None:
+    assert plan(method, headers, TAG, SIZE) == answer
+
+
+def test_plan_of_an_empty_view() -> None:
+    assert plan("GET", {}, TAG, 0) == Plan(200, 0, 0)
+    assert plan("GET", {"Range": "bytes=0-"}, TAG, 0) == Plan(416)
+
+
+def tag(view: View) -> str:
+    with view.open() as opened:
+        return etag_of(view, opened)
+
+
+def test_etag_of_a_store_blob_is_its_content_hash(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    assert tag(View.of_file(tmp_path / "f", 10, "cd" * 32)) == '"' + "cd" * 16 + '"'
+
+
+def test_etag_names_the_pieces(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(os.urandom(1000))
+    b.write_bytes(os.urandom(1000))
+    da, db = hashlib.sha256(a.read_bytes()).hexdigest(), hashlib.sha256(b.read_bytes()).hexdigest()
+
+    base = (Piece.literal(b"hdr"), Piece(100, a, 10, digest=da), Piece(50, b, 0, digest=db))
+    tags = {
+        "same": tag(View(base)),
+        "same, built again": tag(View((Piece.literal(b"hdr"), *base[1:]))),
+        "other literal": tag(View((Piece.literal(b"hdR"), *base[1:]))),
+        "other offset": tag(View((base[0], Piece(100, a, 11, digest=da), base[2]))),
+        "other length": tag(View((base[0], Piece(99, a, 10, digest=da), base[2]))),
+        "other file": tag(View((base[0], Piece(100, b, 10, digest=db), base[2]))),
+        "other order": tag(View((base[0], base[2], base[1]))),
+    }
+    assert tags["same"] == tags["same, built again"]
+    others = [v for k, v in tags.items() if not k.startswith("same")]
+    assert tags["same"] not in others and len(set(others)) == len(others)
+    assert all(len(t) == 34 and t[0] == t[-1] == '"' for t in tags.values())  # strong, quoted
+
+
+def test_etag_of_a_plain_file_follows_its_rewrites(tmp_path: Path) -> None:
+    # A folder's file has no content hash and may be rewritten in place with the same size:
+    # the path alone would keep the tag, so the identity of the file on disk is in it too.
+    f = tmp_path / "boot.scr"
+    f.write_bytes(b"one" * 10)
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    view = View((Piece.literal(b"#"), Piece(30, f)))
+    before = tag(view)
+    assert tag(view) == before  # stable while the file is
+    f.write_bytes(b"two" * 10)
+    os.utime(f, ns=(2_000_000_000, 2_000_000_000))
+    assert tag(view) != before
 
 
 @pytest.mark.parametrize("name", ["k1", "6.1.0-rc3", "next-20260101", "a+b_c.d", "A" * 128])

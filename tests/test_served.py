@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from overrided.served import Blob, NotServed, clean_name
+from overrided.served import NotServed, View, clean_name
 
 
 @pytest.mark.parametrize(
@@ -41,12 +41,13 @@ def test_clean_name_refuses(raw: str, why: str) -> None:
         clean_name(raw)
 
 
-def test_open_blob_survives_unlink(tmp_path: Path) -> None:
+def test_an_open_view_survives_unlink(tmp_path: Path) -> None:
     p = tmp_path / "b"
     p.write_bytes(b"0123456789")
-    blob = Blob(p, 10)
-    with blob.open() as opened:
+    view = View.of_file(p, 10)
+    with view.open() as opened:
         p.unlink()
         assert opened.read_at(3, 4) == b"3456"
         assert opened.read_at(8, 100) == b"89"
+        assert opened.read_at(10, 1) == b""
         assert opened.size == 10

@@ -1,27 +1,39 @@
 """The transfer launcher: transfers start in its warmed-up spares, and survive its failures.
 
-The server hands each transfer to a small launcher process (``overrided/tftp/launcher.py``);
-these tests look at the real processes (``/proc``) and break the launcher on purpose: killed,
-its spare killed, fed a malformed job. Reads must stay byte-exact throughout.
+The server hands each transfer to a small launcher process (``overrided/tftp/launcher.py``)
+with the descriptors of its socket, its result pipe and its view's files, and the view's table
+of pieces; these tests look at the real processes (``/proc``) and break the launcher on
+purpose: killed, its spare killed, fed malformed jobs (bad fields, a bad table, the wrong
+number of descriptors). Reads must stay byte-exact throughout, of files and of views of many
+pieces, in spares and in processes the server forks itself.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from overrided.served import Transfer
+from overrided.served import TABLE_ROW, Transfer, View
 from overrided.tftp import launcher as launcher_module
-from overrided.tftp.launcher import SPARES, TransferJob
+from overrided.tftp.launcher import SPARES, TransferJob, job_message, take_job
 from overrided.tftp.packets import ErrorCode, Negotiated, encode_error
 from tests.test_tftp_protocol import read_whole
-from tests.test_tftp_support import RawClient, ServerThread, data_blocks, wait_until
+from tests.test_tftp_support import (
+    RawClient,
+    ServerThread,
+    ViewNamespace,
+    data_blocks,
+    pieced_view,
+    wait_until,
+)
 
 DATA = os.urandom(300 * 1024)
 
@@ -171,12 +183,12 @@ def test_a_malformed_job_is_refused_and_the_next_is_served(server: ServerThread)
     socket.send_fds(channel, [json.dumps({"id": 999, "peer": []}).encode()], [])
     socket.send_fds(channel, [b"\xff not json"], [])
     job = TransferJob(
-        ("127.0.0.1", 9), "octet", 1, Negotiated(), Transfer("tftp", "127.0.0.1:9", "x"), 1, 1, 1
+        ("127.0.0.1", 9), "octet", 0, Negotiated(), Transfer("tftp", "127.0.0.1:9", "x"), 1, 1, 1
     ).to_dict()
     rfd, wfd = os.pipe()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, open(os.devnull) as null:
-        fds = [sock.fileno(), null.fileno(), wfd]
-        socket.send_fds(channel, [json.dumps({**job, "id": 998, "oack": []}).encode()], fds)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        message = {**job, "id": 998, "oack": [], "fds": 0, "table": ""}
+        socket.send_fds(channel, [json.dumps(message).encode()], [sock.fileno(), wfd])
     os.close(wfd)
     with open(rfd, "rb") as result:
         assert result.read() == b""  # refused: its result pipe closes without a result
@@ -208,3 +220,170 @@ def test_without_the_launcher_the_server_forks(
         client.send(encode_error(ErrorCode.UNDEFINED, "enough"))
         client.close()
         assert read_whole(srv.port, "big") == DATA
+
+
+# -- views: what a job carries ----------------------------------------------------------------
+
+
+def a_job(size: int) -> TransferJob:
+    record = Transfer("tftp", "127.0.0.1:9", "v")
+    return TransferJob(("127.0.0.1", 9), "octet", size, Negotiated(), record, 1.0, 1, 1.0)
+
+
+def test_a_job_carries_a_view_of_many_pieces(tmp_path: Path) -> None:
+    """The socket, the pipe, then the view's files (literal bytes in a memory file), and the
+    table over them: the receiving side rebuilds the same view."""
+    view = pieced_view(tmp_path, [1000, 10, 2000, 1, 3000, 20])
+    opened = view.open().handoff()
+    assert len(opened.fds) == 3  # two files and the memory file of the literal pieces
+    message = json.loads(job_message(5, a_job(view.size), opened))
+    assert (message["id"], message["fds"]) == (5, 3)
+    sent = [os.dup(fd) for fd in opened.fds]  # as the kernel passes them: new numbers
+    opened.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        job, sock_fd, wfd, received = take_job(message, [sock.fileno(), 99, *sent])
+        with received:
+            assert (sock_fd, wfd, received.fds) == (sock.fileno(), 99, sent)
+            assert received.read_at(0, view.size) == view.read()
+            assert job.size == view.size
+
+
+def good_message() -> dict[str, Any]:
+    """A job for a 100-byte view, one row over the one file sent after the socket and pipe."""
+    table = base64.b64encode(TABLE_ROW.pack(0, 100, 0, 0)).decode()
+    return {**a_job(100).to_dict(), "id": 997, "fds": 1, "table": table}
+
+
+def rows(*rows: tuple[int, int, int, int]) -> str:
+    return base64.b64encode(b"".join(TABLE_ROW.pack(*r) for r in rows)).decode()
+
+
+# (case, change to a good job's message, view descriptors sent with it)
+MALFORMED_VIEWS: list[tuple[str, Callable[[dict[str, Any]], None], int]] = [
+    ("fewer descriptors than it says", lambda m: None, 0),
+    ("more descriptors than it says", lambda m: None, 2),
+    ("a count of the wrong kind", lambda m: m.update(fds="1"), 1),
+    ("a count that is true, not 1", lambda m: m.update(fds=True), 1),
+    ("no table", lambda m: m.pop("table"), 1),
+    ("a table of the wrong kind", lambda m: m.update(table=[0, 100, 0, 0]), 1),
+    ("a table that is not base64", lambda m: m.update(table="!!"), 1),
+    ("a table of part of a row", lambda m: m.update(table=base64.b64encode(b"x" * 33).decode()), 1),
+    ("a table with a gap", lambda m: m.update(table=rows((0, 50, 0, 0), (51, 49, 0, 0))), 1),
+    ("a table not from 0", lambda m: m.update(table=rows((1, 100, 0, 0))), 1),
+    ("a table with an empty row", lambda m: m.update(table=rows((0, 0, 0, 0), (0, 100, 0, 0))), 1),
+    ("a table naming a file not sent", lambda m: m.update(table=rows((0, 100, 1, 0))), 1),
+    ("a table shorter than the transfer", lambda m: m.update(table=rows((0, 99, 0, 0))), 1),
+    ("a table longer than the transfer", lambda m: m.update(table=rows((0, 101, 0, 0))), 1),
+    ("a negative file offset", lambda m: m.update(table=rows((0, 100, 0, -1))), 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "count"), [m[1:] for m in MALFORMED_VIEWS], ids=[m[0] for m in MALFORMED_VIEWS]
+)
+def test_a_job_with_a_bad_view_is_refused_and_the_next_is_served(
+    server: ServerThread,
+    tmp_path: Path,
+    change: Callable[[dict[str, Any]], None],
+    count: int,
+) -> None:
+    assert server.server is not None
+    launcher = launcher_pid(server)
+    waiting = spares(launcher)
+    channel = server.server._launcher._channel
+    assert channel is not None
+    (tmp_path / "view").write_bytes(os.urandom(100))
+    message = good_message()
+    change(message)
+    rfd, wfd = os.pipe()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        files = [os.open(tmp_path / "view", os.O_RDONLY) for _ in range(count)]
+        try:
+            fds = [sock.fileno(), wfd, *files]
+            socket.send_fds(channel, [json.dumps(message).encode()], fds)
+        finally:
+            for fd in files:
+                os.close(fd)
+    os.close(wfd)
+    with open(rfd, "rb") as result:
+        assert result.read() == b""  # refused: its result pipe closes without a result
+    # No spare died of it; one of them takes the next real transfer.
+    assert all(alive(p) for p in waiting)
+    assert read_whole(server.port, "big") == DATA
+    assert launcher_pid(server) == launcher
+
+
+def test_a_view_of_many_pieces_runs_in_a_spare(tmp_path: Path) -> None:
+    view = pieced_view(tmp_path, [300000, 7, 1, 200000, 513, 40000, 9], seed=3)
+    with ServerThread(ViewNamespace({"v": view}), timeout=0.3, retries=2) as srv:
+        launcher = launcher_pid(srv)
+        spares(launcher)
+        client = RawClient(srv.port)
+        client.request("v")
+        assert data_blocks([client.recv()]) == [1]
+        assert parent_of(running_transfer_pid(srv)) == launcher
+        client.send(encode_error(ErrorCode.UNDEFINED, "enough"))
+        client.close()
+        assert read_whole(srv.port, "v", {"blksize": "1432"}) == view.read()
+        records = srv.observer.wait_finished(2)
+    assert [r.outcome for r in records] == ["probe", "ok"]
+
+
+def fd_links(pid: int) -> set[str]:
+    """What the descriptors of process ``pid`` refer to (paths, ``pipe:[inode]``, ...)."""
+    links = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            links.add(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    return links
+
+
+def test_a_forked_transfer_holds_no_other_transfers_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forked by the server, a transfer keeps its own socket, pipe and view's files, and none
+    of what the server holds for the transfers before it (their pipes and twin sockets; their
+    views' files the server closed once each was forked)."""
+    monkeypatch.setenv("OVERRIDED_TFTP_LAUNCHER", "0")
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    views: dict[str, View] = {
+        "a": pieced_view(a, [300000, 9, 300000], seed=1),
+        "b": pieced_view(b, [300000, 9, 300000], seed=2),
+    }
+    with ServerThread(ViewNamespace(views), timeout=0.5, retries=10) as srv:
+        first = RawClient(srv.port)
+        first.request("a")
+        first.recv()
+        first_pid = running_transfer_pid(srv)
+        assert parent_of(first_pid) == os.getpid()
+
+        def held_for_first() -> set[str]:
+            assert srv.server is not None
+            (child,) = srv.server.transfers.values()
+            return {os.readlink(f"/proc/self/fd/{fd}") for fd in (child.fd, child.twin.fileno())}
+
+        server_side = srv.run(held_for_first)
+        second = RawClient(srv.port)
+        second.request("b")
+        second.recv()
+
+        def second_pid() -> int:
+            assert srv.server is not None
+            return int(srv.server.transfers[second.sock.getsockname()].pid)
+
+        wait_until(lambda: srv.run(second_pid) > 0)
+        links = fd_links(srv.run(second_pid))
+        assert links.isdisjoint(server_side)
+        assert not any(link.startswith(str(a)) for link in links)
+        assert {str(b / "view2-a"), str(b / "view2-b")} <= links
+        assert any(link.startswith("/memfd:overrided-view") for link in links)
+        for client in (first, second):
+            client.send(encode_error(ErrorCode.UNDEFINED, "enough"))
+            client.close()
+        records = srv.observer.wait_finished(2)
+    assert [r.outcome for r in records] == ["probe", "probe"]

@@ -1,19 +1,22 @@
 """Shared pieces of the TFTP tests: a server on its own thread, an observer that records, a
-raw UDP client for hand-made packets. (No tests here; the ``test_tftp_*`` modules import it.)
+raw UDP client for hand-made packets, views of many pieces and a namespace that serves them.
+(No tests here; the ``test_tftp_*`` modules import it.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from overrided.folder import FolderNamespace
-from overrided.served import Namespace, Transfer
+from overrided.served import Entry, Namespace, NotServed, Piece, Transfer, View, clean_name
 from overrided.tftp import TftpServer
 from overrided.tftp.packets import Opcode, encode_request, opcode_of
 
@@ -147,3 +150,42 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
     while not pred():
         assert time.monotonic() < end, "condition not reached in time"
         time.sleep(0.01)
+
+
+class ViewNamespace:
+    """Serves views by name, as a catalog does (any object with ``lookup`` is a namespace)."""
+
+    def __init__(self, views: dict[str, View]) -> None:
+        self.views = views
+
+    def lookup(self, name: str, *, client: str | None = None) -> Entry:
+        """The view served as ``name``."""
+        del client  # every client sees the same views
+        view = self.views.get(clean_name(name))
+        if view is None:
+            raise NotServed(f"{name!r} is not served")
+        return Entry(clean_name(name), view)
+
+
+def pieced_view(folder: Path, lengths: Sequence[int], *, seed: int = 0) -> View:
+    """A view of pieces of these lengths, in turn a range of file ``a``, literal bytes and a
+    range of file ``b`` (random bytes, written in ``folder``), each range at a random offset.
+
+    ``lengths`` set where the pieces meet: pick them to put boundaries inside blocks, in the
+    middle of a read-ahead run or a window, several in one block.
+    """
+    rng = random.Random(seed)
+    longest = max([0, *lengths])
+    files = []
+    for name in ("a", "b"):
+        path = folder / f"view{seed}-{name}"
+        path.write_bytes(os.urandom(longest + 8191))
+        files.append(path)
+    pieces = []
+    for i, length in enumerate(lengths):
+        if i % 3 == 1:
+            pieces.append(Piece.literal(rng.randbytes(length)))
+        else:
+            path = files[0 if i % 3 == 0 else 1]
+            pieces.append(Piece(length, path, rng.randrange(8192)))
+    return View(tuple(pieces))

@@ -1,29 +1,40 @@
 """Artifacts over HTTP: GET and HEAD of catalog names, with ranges, validators and sendfile.
 
-The handler opens the entry's blob once and sends from that file descriptor, so a catalog swap
-during the transfer cannot mix old and new bytes (design.md, "Publish").
+A served name is a ``View``: ranges of immutable files and literal bytes, in order. The handler
+opens the entry's view once (one descriptor per file) and sends every file range from those
+descriptors with the kernel's ``sendfile`` and every literal piece with a plain write, so a
+catalog swap during the transfer cannot mix old and new bytes (design.md, "Publish").
+
+What to answer (304, 416, 206 or 200) is decided first from the request's headers alone
+(``plan``); the handler then carries it out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import format_datetime, parsedate_to_datetime
+from typing import BinaryIO, Literal
 
 from aiohttp import web
 
 from overrided.http.context import SERVICE
 from overrided.http.errors import json_error
-from overrided.served import Entry, NotServed, OpenBlob, Transfer, clean_name
+from overrided.served import Entry, Held, NotServed, OpenView, Transfer, View, clean_name
 from overrided.state import Service
 
 # RFC 9110 §14.1.2: ranges-specifier = range-unit "=" range-set; a range-set is a comma list of
 # int-range ("first-last", "first-") or suffix-range ("-length").
 _RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+
+# Bytes read per write when the transport cannot sendfile: large enough that a 64 MiB artifact
+# takes few round trips through the event loop, small enough to stay out of the way of others.
+_COPY_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,14 @@ class ByteRange:
 
 class Unsatisfiable(Exception):
     """No range of the set overlaps the representation: answer 416 (RFC 9110 §15.5.17)."""
+
+
+class Shrank(ConnectionError):
+    """A file of the view ended before its piece did: the response cannot be completed.
+
+    A ``ConnectionError`` so that aiohttp drops the connection: after the ``Content-Length`` has
+    been sent, closing is the only way to tell the client the body is incomplete (RFC 9112 §8).
+    """
 
 
 def parse_range(header: str, size: int) -> list[ByteRange] | None:
@@ -82,12 +101,27 @@ def parse_range(header: str, size: int) -> list[ByteRange] | None:
     return ranges
 
 
-def etag_of(entry: Entry, opened: OpenBlob) -> str:
-    """A strong entity tag: the blob's content hash, or its identity on disk."""
-    if entry.blob.digest:
-        return f'"{entry.blob.digest[:32]}"'
-    st = os.fstat(opened.fileno())
-    return f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
+def etag_of(view: View, opened: OpenView) -> str:
+    """A strong entity tag for ``view`` as opened (RFC 9110 §8.8.3).
+
+    The view's digest names its pieces, and a piece of a store blob names the blob's content,
+    so equal pieces give equal tags and any other piece another tag. A piece of a file with no
+    content hash (a plain folder's file) is named only by its path, which is no strong
+    validator for a file that may be rewritten in place (§8.8.1): the identity on disk of the
+    file actually opened (device, inode, size, mtime) is added for those.
+    """
+    if all(p.path is None or p.digest for p in view.pieces):
+        return f'"{view.digest[:32]}"'
+    h = hashlib.sha256(view.digest.encode())
+    seen: set[int] = set()
+    # ``pieces`` yields one part per piece of the view, in the view's order.
+    for piece, part in zip(view.pieces, opened.pieces(0, opened.size), strict=True):
+        if piece.path is None or piece.digest or not isinstance(part, tuple) or part[0] in seen:
+            continue
+        seen.add(part[0])
+        st = os.fstat(part[0])
+        h.update(f"\0{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}".encode())
+    return f'"{h.hexdigest()[:32]}"'
 
 
 def etag_in(header: str, etag: str, *, weak: bool) -> bool:
@@ -109,15 +143,60 @@ def etag_in(header: str, etag: str, *, weak: bool) -> bool:
     return False
 
 
-def _http_date(timestamp: float) -> str:
-    return format_datetime(datetime.fromtimestamp(int(timestamp), UTC), usegmt=True)
+@dataclass(frozen=True)
+class Plan:
+    """The answer to a GET or HEAD of one representation, decided before any I/O."""
+
+    status: Literal[200, 206, 304, 416]
+    first: int = 0  # the body is the representation's bytes [first, first + count)
+    count: int = 0
+    range: ByteRange | None = None  # the range a 206 sends
 
 
-def _parse_date(value: str) -> float | None:
+def plan(method: str, headers: Mapping[str, str], etag: str, size: int) -> Plan:
+    """What to answer a ``method`` request with ``headers`` for a ``size``-byte representation.
+
+    A view has no modification date that is a validator: its pieces' files are shared by many
+    views and may be older than the view (a trimmed FIT around ranges of a build's FIT, a rollback
+    to an older build), and its literal pieces have none at all. So no ``Last-Modified`` is sent
+    (RFC 9110 §8.8.2.1 asks for it only where it can be determined consistently), and the strong
+    ``ETag`` is the only validator.
+    """
+    # §13.2.2 step 3: If-None-Match; for GET and HEAD a match is 304 (§13.1.2), compared weakly.
+    inm = headers.get("If-None-Match")
+    if inm is not None and etag_in(inm, etag, weak=True):
+        return Plan(304)
+    # §13.2.2 step 4: If-Modified-Since needs a last modification date, and a view has none: the
+    # field is ignored (§13.1.3) and the representation sent.
+    whole = Plan(200, 0, size)
+    range_header = headers.get("Range")
+    # §14.2: GET is the only method with range handling; a Range on HEAD is ignored.
+    if method != "GET" or range_header is None:
+        return whole
+    # §13.2.2 step 5: If-Range decides whether the Range applies at all (§13.1.5).
+    if not _if_range_holds(headers.get("If-Range"), etag):
+        return whole
     try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
+        ranges = parse_range(range_header, size)
+    except Unsatisfiable:
+        return Plan(416)
+    # §14.2 lets a server ignore a Range; several ranges are answered with the whole artifact
+    # (200) rather than multipart/byteranges: boot clients ask for one range.
+    if ranges is None or len(ranges) > 1:
+        return whole
+    rng = ranges[0]
+    return Plan(206, rng.first, rng.length, rng)
+
+
+def _if_range_holds(if_range: str | None, etag: str) -> bool:
+    """RFC 9110 §13.1.5: the range condition, true only for a strong match of our entity tag.
+
+    An HTTP-date validator can only hold against a ``Last-Modified`` we sent, and we send none:
+    the condition is false and the whole representation is the answer.
+    """
+    if if_range is None:
+        return True
+    return etag_in(if_range.strip(), etag, weak=False)
 
 
 def _client(request: web.BaseRequest) -> str:
@@ -135,13 +214,27 @@ def _address(request: web.BaseRequest) -> str | None:
     return request.remote
 
 
+async def lookup(service: Service, name: str, client: str | None) -> Entry:
+    """``service.lookup``, waiting while the service holds the request for a render in
+    progress (it stops holding after a bound of its own, then says why not)."""
+    while True:
+        try:
+            return service.lookup(name, client=client)
+        except Held as held:
+            # shield: one waiter leaving (a client closing) must not cancel the others' wait.
+            # Asked again each second at least: the service's bound applies even if nothing
+            # is published meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(held.ready), 1.0)
+
+
 async def serve_artifact(request: web.Request) -> web.StreamResponse:
     """GET/HEAD ``/<name>``: a catalog name (names may contain ``/``)."""
     service = request.app[SERVICE]
     raw = request.match_info["name"]
     started = time.monotonic()
     try:
-        entry = service.lookup(clean_name(raw), client=_address(request))
+        entry = await lookup(service, clean_name(raw), _address(request))
     except NotServed as err:
         service.finished(
             Transfer(
@@ -154,9 +247,9 @@ async def serve_artifact(request: web.Request) -> web.StreamResponse:
         )
         return json_error(404, f"{raw}: not served: {err}")
     try:
-        opened = entry.blob.open()
+        opened = entry.view.open()
     except OSError as err:
-        # The blob vanished or is unreadable: a service fault, but the caller learns what.
+        # A file of the view vanished or is unreadable: a service fault, but the caller learns what.
         service.finished(
             Transfer(
                 protocol="http",
@@ -164,7 +257,7 @@ async def serve_artifact(request: web.Request) -> web.StreamResponse:
                 name=entry.name,
                 board=entry.board,
                 outcome="failed",
-                reason=f"cannot open blob: {err.strerror}",
+                reason=f"cannot open view: {err.strerror}",
             )
         )
         return json_error(503, f"{entry.name}: cannot be read right now ({err.strerror}); retry")
@@ -175,54 +268,35 @@ async def serve_artifact(request: web.Request) -> web.StreamResponse:
 
 
 async def _send(
-    request: web.Request, service: Service, entry: Entry, opened: OpenBlob, started: float
+    request: web.Request, service: Service, entry: Entry, opened: OpenView, started: float
 ) -> web.StreamResponse:
+    """Answer the request from the opened view as ``plan`` decides; journal a sent body."""
     size = opened.size
-    etag = etag_of(entry, opened)
-    mtime = os.fstat(opened.fileno()).st_mtime
-    headers = {
+    etag = etag_of(entry.view, opened)
+    validators = {
         "ETag": etag,
-        "Last-Modified": _http_date(mtime),
-        "Accept-Ranges": "bytes",  # RFC 9110 §14.3
-        "Content-Type": "application/octet-stream",
         # Served names are versioned or change with each rebuild: revalidate every time.
         "Cache-Control": "no-cache",
     }
-    # RFC 9110 §13.2.2: If-None-Match is evaluated before If-Modified-Since, which is then ignored.
-    inm = request.headers.get("If-None-Match")
-    if inm is not None:
-        if etag_in(inm, etag, weak=True):
-            return web.Response(status=304, headers=_without_body(headers))
-    else:
-        ims = _parse_date(request.headers.get("If-Modified-Since", ""))
-        if ims is not None and int(mtime) <= ims:
-            return web.Response(status=304, headers=_without_body(headers))
+    todo = plan(request.method, request.headers, etag, size)
+    if todo.status == 304:
+        # RFC 9110 §15.4.5: a 304 carries the validators, not the content headers.
+        return web.Response(status=304, headers=validators)
+    if todo.status == 416:
+        # RFC 9110 §15.5.17: 416 carries Content-Range "bytes */<complete-length>".
+        return json_error(
+            416,
+            f"{entry.name}: range {request.headers.get('Range')!r} is outside the {size}-byte "
+            "artifact",
+            headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
+        )
 
-    ranges: list[ByteRange] | None = None
-    range_header = request.headers.get("Range")
-    if range_header is not None and _if_range_holds(request.headers.get("If-Range"), etag, mtime):
-        try:
-            ranges = parse_range(range_header, size)
-        except Unsatisfiable:
-            # RFC 9110 §15.5.17: 416 carries Content-Range "bytes */<complete-length>".
-            return json_error(
-                416,
-                f"{entry.name}: range {range_header!r} is outside the {size}-byte artifact",
-                headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
-            )
-        # RFC 9110 §14.2 lets a server ignore a Range; several ranges are answered with the whole
-        # artifact (200) rather than multipart/byteranges: boot clients ask for one range.
-        if ranges is not None and len(ranges) > 1:
-            ranges = None
-
-    response = web.StreamResponse(status=200, headers=headers)
-    first, count = 0, size
-    if ranges:
-        rng = ranges[0]
-        first, count = rng.first, rng.length
-        response.set_status(206)
-        response.headers["Content-Range"] = rng.content_range(size)  # RFC 9110 §14.4
-    response.content_length = count
+    response = web.StreamResponse(status=todo.status, headers=validators)
+    response.headers["Accept-Ranges"] = "bytes"  # RFC 9110 §14.3
+    response.headers["Content-Type"] = "application/octet-stream"
+    if todo.range is not None:
+        response.headers["Content-Range"] = todo.range.content_range(size)  # RFC 9110 §14.4
+    response.content_length = todo.count
 
     transfer = Transfer(
         protocol="http",
@@ -230,16 +304,19 @@ async def _send(
         name=entry.name,
         board=entry.board,
         size=size,
-        options={"range": f"{first}-{first + count - 1}"} if ranges else {},
+        options={"range": f"{todo.first}-{todo.first + todo.count - 1}"} if todo.range else {},
         outcome="probe" if request.method == "HEAD" else "ok",
     )
     service.started(transfer)
     try:
         await response.prepare(request)
-        if request.method != "HEAD" and count:
-            await _sendfile(request, response, opened, first, count)
-            transfer.sent = count
+        if request.method != "HEAD" and todo.count:
+            await _send_body(request, response, opened, todo.first, todo.count, transfer)
         await response.write_eof()
+    except Shrank as err:
+        transfer.outcome = "failed"
+        transfer.reason = str(err)
+        raise
     except (ConnectionError, asyncio.CancelledError) as err:
         transfer.outcome = "aborted"
         transfer.reason = "client closed the connection" if not str(err) else str(err)
@@ -250,41 +327,64 @@ async def _send(
     return response
 
 
-async def _sendfile(
-    request: web.Request, response: web.StreamResponse, opened: OpenBlob, first: int, count: int
+async def _send_body(
+    request: web.Request,
+    response: web.StreamResponse,
+    opened: OpenView,
+    first: int,
+    count: int,
+    transfer: Transfer,
 ) -> None:
-    """Send ``count`` bytes from ``first`` with the kernel's sendfile (no copy into Python)."""
-    transport = request.transport
-    if transport is None:
-        raise ConnectionResetError("client closed the connection")
+    """Send the view's bytes ``[first, first + count)``: each file range with the kernel's
+    sendfile (no copy into Python), each literal piece with a write; ``transfer.sent`` grows
+    as each piece is sent.
+
+    An event loop or transport without sendfile support raises ``NotImplementedError`` on the
+    first file range; that range and every later one are then copied by offset.
+    """
     loop = asyncio.get_running_loop()
-    # A private file object over the blob's own descriptor: sendfile moves its offset, and
-    # closefd=False leaves closing to the OpenBlob.
-    with open(opened.fileno(), "rb", closefd=False) as f:
-        try:
-            await loop.sendfile(transport, f, first, count)
-        except NotImplementedError:  # e.g. TLS transports: copy by offset instead
-            sent = 0
-            while sent < count:
-                chunk = opened.read_at(first + sent, min(1 << 20, count - sent))
-                if not chunk:
-                    raise ConnectionError("artifact shrank while being sent") from None
-                await response.write(chunk)
-                sent += len(chunk)
+    files: dict[int, BinaryIO] = {}  # a private file object per descriptor, for loop.sendfile
+    native = True
+    with contextlib.ExitStack() as closing:
+        for part in opened.pieces(first, count):
+            if isinstance(part, bytes):
+                await response.write(part)
+                transfer.sent += len(part)
+                continue
+            fd, offset, length = part
+            sent = -1
+            if native:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("client closed the connection")
+                f = files.get(fd)
+                if f is None:
+                    # closefd=False: the descriptor belongs to the OpenView, which closes it.
+                    f = files[fd] = closing.enter_context(open(fd, "rb", closefd=False))
+                try:
+                    # Literal pieces written before are flushed first: loop.sendfile waits for
+                    # the transport's buffer to drain, so the bytes stay in order.
+                    sent = await loop.sendfile(transport, f, offset, length)
+                except NotImplementedError:
+                    native = False
+            if not native:
+                sent = await _copy(response, fd, offset, length)
+            transfer.sent += sent
+            if sent < length:
+                raise Shrank(
+                    f"a file of the view ended {length - sent} bytes before its piece"
+                    f" (at file offset {offset + sent})"
+                )
 
 
-def _if_range_holds(if_range: str | None, etag: str, mtime: float) -> bool:
-    """RFC 9110 §13.1.5: send the range only if the validator still matches; else the whole."""
-    if if_range is None:
-        return True
-    value = if_range.strip()
-    if value.startswith('"') or value.startswith("W/"):
-        return etag_in(value, etag, weak=False)
-    date = _parse_date(value)
-    # A date validator must match exactly (the Last-Modified we sent is whole seconds).
-    return date is not None and int(mtime) == int(date)
-
-
-def _without_body(headers: dict[str, str]) -> dict[str, str]:
-    # RFC 9110 §15.4.5: a 304 carries the validators, not the content headers.
-    return {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified", "Cache-Control")}
+async def _copy(response: web.StreamResponse, fd: int, offset: int, length: int) -> int:
+    """Copy ``length`` bytes of ``fd`` from ``offset`` into the response; the bytes copied
+    (short only if the file ends first)."""
+    done = 0
+    while done < length:
+        chunk = os.pread(fd, min(_COPY_CHUNK, length - done), offset + done)
+        if not chunk:
+            break
+        await response.write(chunk)
+        done += len(chunk)
+    return done

@@ -4,18 +4,28 @@
  * At window 1 every block costs a round trip: the client's ACK wakes the server, which sends
  * the next block and sleeps again. What the server does between waking and sending is all
  * that its own code adds to the round trip, so this loop does only that: recv the ACK, check
- * that it acknowledges the block just sent, send the next block (read ahead from the file
- * with one preadv per run of blocks, headers written in the gaps between payloads), repeat.
+ * that it acknowledges the block just sent, send the next block (read ahead from the view
+ * with one preadv per run of blocks and per piece the run covers, headers written in the gaps
+ * between payloads), repeat.
  * Anything else (a timeout, an error, an ERROR packet, any other ACK, the last block's ACK)
  * returns to the Python transfer (overrided/tftp/transfer.py), which owns every decision
  * beyond "the expected ACK came: send the next block". The GIL is released for the whole
  * loop; no Python object is touched inside it.
+ *
+ * The served view is a table of pieces, each a range of an open file (overrided/served.py):
+ * rows of four native int64s, (start in the view, length, descriptor, offset in the file),
+ * contiguous from 0 to the view's size. The rows carry the descriptors themselves, not
+ * indexes into a list (OctetSource.fd_table resolves them once per transfer), so the loop
+ * reads them without touching a Python object. A view of one piece (a whole file, or one
+ * range of one) is read with one preadv per run, as a plain file is; across pieces, one
+ * preadv per piece the run covers, its iovecs split where the piece ends.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -27,12 +37,120 @@ enum stop {
 	STOP_PACKET = 0, /* a packet that is not the expected ACK; value = its length */
 	STOP_RECV = 1,   /* recv failed (timeout, interrupt, ICMP error...); value = errno */
 	STOP_SEND = 2,   /* send failed; value = errno */
-	STOP_READ = 3,   /* preadv failed (value = errno) or came short of the size (value = 0) */
+	STOP_READ = 3,   /* preadv failed (value = errno) or a file was short of its piece (0) */
 };
 
 #define MAX_RUN 64 /* blocks read ahead at most (iovecs on the stack) */
 #define TFTP_DATA 3
 #define TFTP_ACK 4
+
+/* One piece of the view: bytes start .. start + length - 1 are the file's from offset. */
+struct piece {
+	int64_t start;
+	int64_t length;
+	int64_t fd;
+	int64_t offset;
+};
+
+static struct piece piece_at(const unsigned char *table, Py_ssize_t row)
+{
+	struct piece p;
+
+	memcpy(&p, table + row * (Py_ssize_t)sizeof p, sizeof p); /* rows need not be aligned */
+	return p;
+}
+
+/* Whether the rows are contiguous from 0 to size, each non-empty and in a file. */
+static int table_is_valid(const unsigned char *table, Py_ssize_t rows, long long size)
+{
+	int64_t end = 0;
+
+	for (Py_ssize_t r = 0; r < rows; r++) {
+		struct piece p = piece_at(table, r);
+
+		if (p.start != end || p.length <= 0 || p.length > INT64_MAX - p.start ||
+		    p.fd < 0 || p.fd > INT32_MAX || p.offset < 0 || p.offset > INT64_MAX - p.length)
+			return 0;
+		end = p.start + p.length;
+	}
+	return rows > 0 && end == size;
+}
+
+/* The row of the piece that holds byte pos (the table is valid and pos < its size). */
+static Py_ssize_t row_of(const unsigned char *table, Py_ssize_t rows, long long pos)
+{
+	Py_ssize_t lo = 0, hi = rows - 1;
+
+	while (lo < hi) {
+		Py_ssize_t mid = lo + (hi - lo + 1) / 2;
+
+		if (piece_at(table, mid).start <= pos)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return lo;
+}
+
+/*
+ * Read want bytes of the view from offset into the payload slots of consecutive packets
+ * (blksize bytes each, step apart, after a 4-byte header). One piece: one preadv of whole
+ * slots, as for a plain file. More: one preadv per piece, over the slot parts it fills. Returns
+ * the bytes read; fewer than want when a preadv failed (*err = errno) or a file was shorter
+ * than its piece (*err = 0), and nothing after that was read.
+ */
+static long long read_run(const unsigned char *table, Py_ssize_t rows, unsigned char *packets,
+			  Py_ssize_t step, Py_ssize_t blksize, long long count, long long offset,
+			  long long want, struct iovec *iov, int *err)
+{
+	*err = 0;
+	if (rows == 1) {
+		struct piece p = piece_at(table, 0);
+
+		for (long long k = 0; k < count; k++) {
+			iov[k].iov_base = packets + k * step + 4;
+			iov[k].iov_len = (size_t)blksize;
+		}
+		ssize_t got = preadv((int)p.fd, iov, (int)count, (off_t)(p.offset + offset));
+		if (got < 0) {
+			*err = errno;
+			return 0;
+		}
+		return got;
+	}
+	long long pos = offset, end = offset + want, done = 0;
+	long long k = 0, at = 0; /* the slot and the place in it where the next byte goes */
+
+	for (Py_ssize_t r = row_of(table, rows, pos); pos < end && r < rows; r++) {
+		struct piece p = piece_at(table, r);
+		long long stop = p.start + p.length < end ? p.start + p.length : end;
+		int n = 0;
+
+		/* A piece's part of the run lies within the run's count slots: at most count iovecs. */
+		for (long long q = pos; q < stop; n++) {
+			long long take = blksize - at < stop - q ? blksize - at : stop - q;
+
+			iov[n].iov_base = packets + k * step + 4 + at;
+			iov[n].iov_len = (size_t)take;
+			q += take;
+			at += take;
+			if (at == blksize) {
+				k++;
+				at = 0;
+			}
+		}
+		ssize_t got = preadv((int)p.fd, iov, n, (off_t)(p.offset + (pos - p.start)));
+		if (got < 0) {
+			*err = errno;
+			return done;
+		}
+		done += got;
+		if (got < stop - pos)
+			return done;
+		pos = stop;
+	}
+	return done;
+}
 
 static double monotonic_now(void)
 {
@@ -43,28 +161,41 @@ static double monotonic_now(void)
 }
 
 PyDoc_STRVAR(run_doc,
-"run(sock_fd, file_fd, buf, pkt, blksize, nblocks, size, sent, ahead, held)\n"
+"run(sock_fd, table, buf, pkt, blksize, nblocks, size, sent, ahead, held)\n"
 "    -> (stop, value, sent, ahead, held, sent_at)\n"
 "\n"
 "Answer ACKs of the block just sent with the next block until something else happens.\n"
 "\n"
 "Call it only when block ``sent`` (absolute number, 1 .. nblocks - 1) went out and every\n"
-"block before it was acknowledged. ``buf`` holds packets of blksize + 4 bytes back to back;\n"
-"slots 0 .. held - 1 hold blocks ahead .. ahead + held - 1 ready to send. ``pkt`` receives\n"
-"the client's packets. Returns why it stopped (STOP_*), the errno or packet length, the\n"
+"block before it was acknowledged. ``table`` is the view: rows of four native int64s\n"
+"(start in the view, length, file descriptor, offset in the file), contiguous from 0 to\n"
+"``size``, each non-empty (ValueError otherwise). ``buf`` holds packets of blksize + 4\n"
+"bytes back to back; slots 0 .. held - 1 hold blocks ahead .. ahead + held - 1 ready to\n"
+"send. ``pkt`` receives the client's packets. Returns why it stopped (STOP_*), the errno\n"
+"(0: a file shorter than its piece) or packet length, the\n"
 "updated sent/ahead/held, and the CLOCK_MONOTONIC time of the last send (0.0 if none).");
 
 static PyObject *run(PyObject *self, PyObject *args)
 {
-	int sock, fd;
-	Py_buffer buf, pkt;
+	int sock;
+	Py_buffer table, buf, pkt;
 	Py_ssize_t blksize;
 	long long nblocks, size, sent, ahead, held;
 
 	(void)self;
-	if (!PyArg_ParseTuple(args, "iiw*w*nLLLLL", &sock, &fd, &buf, &pkt, &blksize, &nblocks,
+	if (!PyArg_ParseTuple(args, "iy*w*w*nLLLLL", &sock, &table, &buf, &pkt, &blksize, &nblocks,
 			      &size, &sent, &ahead, &held))
 		return NULL;
+	const unsigned char *const rows_at = table.buf;
+	const Py_ssize_t rows = table.len / (Py_ssize_t)sizeof(struct piece);
+	if (table.len % (Py_ssize_t)sizeof(struct piece) != 0 ||
+	    !table_is_valid(rows_at, rows, size)) {
+		PyBuffer_Release(&table);
+		PyBuffer_Release(&buf);
+		PyBuffer_Release(&pkt);
+		PyErr_SetString(PyExc_ValueError, "lockstep view table is not pieces from 0 to size");
+		return NULL;
+	}
 
 	const Py_ssize_t step = blksize + 4;
 	long long slots = blksize > 0 ? buf.len / step : 0;
@@ -73,6 +204,7 @@ static PyObject *run(PyObject *self, PyObject *args)
 	const long long last_full = nblocks - 1; /* blocks before this one are full */
 	if (blksize < 8 || slots < 1 || pkt.len < 4 || held > slots || sent < 1 ||
 	    sent > last_full || size < last_full * (long long)blksize) {
+		PyBuffer_Release(&table);
 		PyBuffer_Release(&buf);
 		PyBuffer_Release(&pkt);
 		PyErr_SetString(PyExc_ValueError, "lockstep state out of range");
@@ -106,16 +238,14 @@ static PyObject *run(PyObject *self, PyObject *args)
 			long long offset = sent * (long long)blksize;
 			long long want = size - offset;
 
+			int err;
+
 			if (want > count * (long long)blksize)
 				want = count * (long long)blksize;
-			for (long long k = 0; k < count; k++) {
-				iov[k].iov_base = packets + k * step + 4;
-				iov[k].iov_len = (size_t)blksize;
-			}
-			ssize_t got = preadv(fd, iov, (int)count, (off_t)offset);
-			if (got < want) {
+			if (read_run(rows_at, rows, packets, step, blksize, count, offset, want, iov,
+				     &err) < want) {
 				stop = STOP_READ;
-				value = got < 0 ? errno : 0;
+				value = err;
 				held = 0;
 				break;
 			}
@@ -143,6 +273,7 @@ static PyObject *run(PyObject *self, PyObject *args)
 	}
 	Py_END_ALLOW_THREADS
 
+	PyBuffer_Release(&table);
 	PyBuffer_Release(&buf);
 	PyBuffer_Release(&pkt);
 	return Py_BuildValue("iLLLLd", stop, value, sent, ahead, held, sent_at);

@@ -7,7 +7,7 @@ MAX_RUN: int
 
 def run(
     sock_fd: int,
-    file_fd: int,
+    table: bytes,  # the view: native int64 rows (start, length, fd, file offset), from 0 to size
     buf: bytearray,
     pkt: bytearray,
     blksize: int,

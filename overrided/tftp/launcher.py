@@ -9,8 +9,10 @@ took 1.1-1.9 ms. Most of it was the fork itself and the new process's first page
 So the server starts a launcher: a fresh interpreter that imports only the TFTP modules
 (26 MB) and keeps one spare process, forked ahead and warmed up, waiting for the next
 transfer. The server hands each transfer over as one message on a ``SOCK_SEQPACKET`` pair
-with three descriptors attached (``SCM_RIGHTS``): the transfer's connected socket, the
-blob's file and the write end of the result pipe. The spare takes it, sends the client its
+with descriptors attached (``SCM_RIGHTS``): the transfer's connected socket, the write end
+of the result pipe, then every file of the served view (its literal pieces moved into one
+memory file first, ``OpenView.handoff``); the message's JSON carries the view's table of
+pieces over those files (``OpenView.table``). The spare takes it, sends the client its
 first packet, answers the server with its pidfd (so the server can stop it without racing
 pid reuse), tells the launcher to fork the next spare, and runs the transfer; the kernel
 reaps it (``SIGCHLD`` ignored) and it reports through its pipe, as a process the server
@@ -21,6 +23,7 @@ the launcher is not ready, or if it dies, the server forks transfers itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import json
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from overrided.served import OpenBlob, Transfer
+from overrided.served import TABLE_ROW, OpenView, Transfer
 from overrided.tftp.packets import Negotiated
 from overrided.tftp.transfer import NetasciiSource, OctetSource, ReadTransfer, Source
 
@@ -48,13 +51,17 @@ log = logging.getLogger("overrided.tftp")
 CHILD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 # Seconds between attempts to start a launcher that stopped.
 RESTART_AFTER = 5.0
-# A job's message: JSON well under this (a name is at most 512 bytes, options a few dozen).
-MAX_MESSAGE = 16 * 1024
+# A job's message: JSON under this (a name is at most 512 bytes, options a few dozen, the
+# view's table 43 bytes of base64 a piece). A larger one is forked by the server instead.
+MAX_MESSAGE = 128 * 1024
+# Descriptors a job carries at most: the kernel passes no more in one message (SCM_MAX_FD).
+# A view of more files than fit beside the socket and the pipe is forked by the server.
+MAX_FDS = 253
 
 
 @dataclass
 class TransferJob:
-    """Everything a transfer's process needs besides its descriptors (socket, file, pipe)."""
+    """Everything a transfer's process needs besides its descriptors (socket, pipe, view)."""
 
     peer: tuple[Any, ...]
     mode: str  # "octet" or "netascii"
@@ -65,11 +72,11 @@ class TransferJob:
     retries: int
     max_stall: float
 
-    def source(self, blob: OpenBlob) -> Source:
-        """The blob's bytes as this transfer sends them."""
+    def source(self, view: OpenView) -> Source:
+        """The view's bytes as this transfer sends them."""
         if self.mode == "netascii":
-            return NetasciiSource(blob, size=self.size)
-        return OctetSource(blob)
+            return NetasciiSource(view, size=self.size)
+        return OctetSource(view)
 
     def build(self, sock: socket.socket, source: Source) -> ReadTransfer:
         """The transfer, ready to ``run``."""
@@ -129,6 +136,36 @@ class TransferJob:
             int(d["retries"]),
             float(d["max_stall"]),
         )
+
+
+def job_message(job_id: int, job: TransferJob, view: OpenView) -> bytes:
+    """What the server sends a spare for ``job`` over ``view`` (handed off): the job, the
+    number of the view's descriptors (sent after the socket and the pipe) and its table."""
+    table = base64.b64encode(view.table()).decode()
+    message = {"id": job_id, **job.to_dict(), "fds": len(view.fds), "table": table}
+    return json.dumps(message).encode()
+
+
+def take_job(message: Any, fds: list[int]) -> tuple[TransferJob, int, int, OpenView]:
+    """The job, socket, result pipe and view of a job's message (see ``job_message``) and its
+    descriptors, in that order: the socket, the pipe, then the view's files.
+
+    Raises ValueError, KeyError, TypeError or AttributeError if anything is missing, of the
+    wrong kind or does not add up; the descriptors are then still the caller's to close.
+    """
+    job = TransferJob.from_dict(message)
+    count = message["fds"]
+    if type(count) is not int or len(fds) != 2 + count:
+        raise ValueError(f"{len(fds)} descriptors, not the socket, the pipe and {count!r}")
+    table = base64.b64decode(message["table"], validate=True)
+    if len(table) % TABLE_ROW.size:
+        raise ValueError(f"a view table of {len(table)} bytes is not whole rows")
+    view = OpenView.from_table(fds[2:], table)
+    # Octet sends the view as it is; netascii only adds bytes (RFC 1350: CR LF, CR NUL).
+    fits = view.size == job.size if job.mode == "octet" else view.size <= job.size
+    if not fits:
+        raise ValueError(f"a view of {view.size} bytes for a transfer of {job.size}")
+    return job, fds[0], fds[1], view
 
 
 def result_message(record: Transfer, cpu: float) -> bytes:
@@ -301,7 +338,7 @@ def _spare(channel: socket.socket, said: int) -> NoReturn:
     try:
         _warm_up()
         while True:
-            data, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 3)
+            data, fds, flags, _ = socket.recv_fds(channel, MAX_MESSAGE, MAX_FDS)
             if not data:
                 os.write(said, _QUIT)  # the server closed its end
                 os._exit(0)
@@ -309,20 +346,17 @@ def _spare(channel: socket.socket, said: int) -> NoReturn:
             try:
                 message = json.loads(data)
                 job_id = message["id"]
-                if len(fds) != 3:
-                    raise ValueError(f"{len(fds)} descriptors, not 3")
-                job = TransferJob.from_dict(message)
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    raise ValueError("the job or its descriptors did not fit")
+                job, sock_fd, wfd, view = take_job(message, fds)
             except (ValueError, KeyError, TypeError, AttributeError) as err:
                 for fd in fds:
                     os.close(fd)  # the server sees its pipe close without a result
                 print(f"overrided tftp launcher: malformed job: {err!r}", file=sys.stderr)
                 channel.send(json.dumps({"id": job_id, "pid": 0}).encode())
                 continue
-            sock_fd, blob_fd, wfd = fds
             cpu_before = _cpu_seconds()  # the warm-up's is not the transfer's
-            transfer = job.build(
-                socket.socket(fileno=sock_fd), job.source(OpenBlob(blob_fd, job.size))
-            )
+            transfer = job.build(socket.socket(fileno=sock_fd), job.source(view))
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, CHILD_SIGNALS)
             transfer.begin()  # the client's answer first; the rest is off its clock
             pidfd = os.pidfd_open(os.getpid())
@@ -342,7 +376,7 @@ def _warm_up() -> None:
     """Run what a transfer's start runs, so its pages are this process's before a job comes."""
     job = TransferJob.from_dict(json.loads(json.dumps(_WARM_UP_JOB.to_dict())))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        transfer = job.build(sock, job.source(OpenBlob(-1, job.size)))
+        transfer = job.build(sock, job.source(OpenView.of_fd(-1, job.size)))
         result_message(transfer.record, _cpu_seconds())
     os.close(os.pidfd_open(os.getpid()))
 
@@ -430,9 +464,11 @@ class Launcher:
                 await asyncio.wait_for(self._ready_event.wait(), timeout)
         return self._ready
 
-    def submit(self, job: TransferJob, fds: list[int], launched: Launched) -> int | None:
-        """Hand ``job`` over with its socket, file and pipe; its id, or None if the server
-        must fork it.
+    def submit(
+        self, job: TransferJob, sock_fd: int, wfd: int, view: OpenView, launched: Launched
+    ) -> int | None:
+        """Hand ``job`` over with its socket, result pipe and (handed-off) view; its id, or
+        None if the server must fork it.
 
         ``launched`` is called once its process answers, or the launcher is lost
         (``forget`` the id when the transfer ends, in case its process died before answering).
@@ -443,8 +479,14 @@ class Launcher:
             return None
         if not self._ready:
             return None
+        fds = [sock_fd, wfd, *view.fds]
+        try:
+            message = job_message(self._next_id + 1, job, view)
+        except ValueError:  # literal bytes outside a file: only this process can read them
+            return None
+        if len(message) > MAX_MESSAGE or len(fds) > MAX_FDS:
+            return None  # more than a spare takes in one message
         self._next_id += 1
-        message = json.dumps({"id": self._next_id, **job.to_dict()}).encode()
         try:
             socket.send_fds(self._channel, [message], fds)
         except BlockingIOError:

@@ -1,8 +1,8 @@
 """The TFTP server: one listening socket for requests, one socket per transfer (RFC 1350).
 
 Read-only by design: WRQ is refused. The server asks its ``Namespace`` for a name and serves
-the blob it gets back, reading only from the file it opened at request time, so a catalog swap
-during a transfer never mixes versions.
+the view it gets back (ranges of files and literal bytes), reading only from the files it
+opened at request time, so a catalog swap during a transfer never mixes versions.
 
 Requests are parsed, looked up and answered on the event loop; each accepted transfer then runs
 in a process of its own (``fork``, as tftpd-hpa does) that reports its record back through a
@@ -29,11 +29,14 @@ import struct
 
 from overrided.errors import OverridedError
 from overrided.served import (
+    Held,
     Namespace,
     NoObserver,
     NotServed,
+    OpenView,
     Transfer,
     TransferObserver,
+    View,
     clean_name,
 )
 from overrided.tftp.launcher import CHILD_SIGNALS, Launcher, TransferJob, child_main, read_result
@@ -87,6 +90,17 @@ def _local_address(ancdata: list[tuple[int, int, bytes]]) -> str | None:
     return None
 
 
+def _open_for_transfer(view: View) -> OpenView:
+    """Open ``view`` with every piece in a file (``OpenView.handoff``): what the launcher's
+    spare receives, and what the C loop reads, whichever process runs the transfer."""
+    opened = view.open()
+    try:
+        return opened.handoff()
+    except OSError:
+        opened.close()
+        raise
+
+
 class TftpServer:
     """A read-only TFTP server over a ``Namespace`` (RFC 1350, 2347, 2348, 2349, 7440)."""
 
@@ -125,6 +139,8 @@ class TftpServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._launcher = Launcher()
+        # Requests the namespace holds for a render in progress: (client, name) → request.
+        self._held: dict[tuple[tuple[object, ...], str], Request] = {}
 
     @property
     def port(self) -> int:
@@ -259,17 +275,23 @@ class TftpServer:
             msg = f"server busy ({len(self.transfers)} transfers)"
             self._refuse(addr, record, ErrorCode.UNDEFINED, msg, msg)
             return
+        held_key = (addr, req.filename)
         try:
             entry = self.namespace.lookup(name, client=str(addr[0]))
-            blob = entry.blob.open()
+            opened = _open_for_transfer(entry.view)
+        except Held as held:
+            self._hold(held, held_key, req, addr, local, peer)
+            return
         except (NotServed, OSError) as err:
+            self._held.pop(held_key, None)
             reason = str(err) if isinstance(err, NotServed) else (err.strerror or str(err))
             self._refuse(addr, record, ErrorCode.FILE_NOT_FOUND, "file not found", reason)
             return
+        self._held.pop(held_key, None)
         record.board = entry.board
         source: Source
         try:
-            source = OctetSource(blob) if req.mode == "octet" else NetasciiSource(blob)
+            source = OctetSource(opened) if req.mode == "octet" else NetasciiSource(opened)
             granted = negotiate(
                 req.options,
                 source.size,
@@ -278,7 +300,7 @@ class TftpServer:
             )
             twin, sock = self._transfer_sockets(local, addr)
         except OSError as err:
-            blob.close()
+            opened.close()
             self._reply_error(addr, ErrorCode.UNDEFINED, "server error")
             record.outcome, record.reason = "failed", f"cannot start transfer: {err}"
             report(record, self.observer)
@@ -291,7 +313,7 @@ class TftpServer:
             addr, req.mode, source.size, granted, record, self.timeout, self.retries, self.max_stall
         )
         try:
-            child = self._start_transfer(job, source, blob.fd, sock, twin)
+            child = self._start_transfer(job, source, opened, sock, twin)
         except OSError as err:
             self._reply_error(addr, ErrorCode.UNDEFINED, "server busy")
             record.outcome, record.reason = "failed", f"cannot start transfer: {err}"
@@ -304,8 +326,36 @@ class TftpServer:
         except Exception:
             log.exception("transfer observer failed")
 
+    def _hold(
+        self,
+        held: Held,
+        key: tuple[tuple[object, ...], str],
+        req: Request,
+        addr: tuple[object, ...],
+        local: str,
+        peer: str,
+    ) -> None:
+        """Answer nothing yet: the request is looked up again when the service publishes
+        the snapshot it waits for (the client's resends meanwhile are not answered either)."""
+        if key in self._held:
+            return
+        self._held[key] = req
+        log.info("tftp %s %s: held: %s", peer, req.filename, held)
+
+        def again(_: object) -> None:
+            if self._held.get(key) is req and self._sock is not None:
+                del self._held[key]
+                self._on_request(req, addr, local, peer)
+
+        held.ready.add_done_callback(again)
+
     def _start_transfer(
-        self, job: TransferJob, source: Source, fd: int, sock: socket.socket, twin: socket.socket
+        self,
+        job: TransferJob,
+        source: Source,
+        opened: OpenView,
+        sock: socket.socket,
+        twin: socket.socket,
     ) -> _Child:
         """Start ``job``'s process (by the launcher, else by a fork here); its record comes
         back through a pipe.
@@ -317,7 +367,7 @@ class TftpServer:
         rfd, wfd = os.pipe()
         child = _Child(rfd, twin, job.record, job.peer)
         try:
-            child.job = self._launcher.submit(job, [sock.fileno(), fd, wfd], child.launched)
+            child.job = self._launcher.submit(job, sock.fileno(), wfd, opened, child.launched)
             if child.job is None:
                 child.pid = self._fork(job.build(sock, source), rfd, wfd, twin)
                 child.forked = True
@@ -328,7 +378,7 @@ class TftpServer:
         finally:
             os.close(wfd)
             sock.close()  # the transfer's process has its own copies of both
-            source.close()
+            source.close()  # ... and of the view's files (closing ``opened``)
         self._loop.add_reader(rfd, self._on_child_result, child)
         self._loop.add_reader(twin.fileno(), self._on_stray, child)
         return child
@@ -344,12 +394,15 @@ class TftpServer:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             raise
         if pid == 0:  # pragma: no cover - the child never returns
-            # The child keeps only its transfer's socket, file and pipe end.
+            # The child keeps only its transfer's socket, view files and pipe end. Of other
+            # transfers the server holds only these (their views were closed once handed on).
             close = [rfd, twin.fileno(), *self._launcher.fds()]
             if self._sock is not None:
                 close.append(self._sock.fileno())  # the port stays the server's alone
             for other in self.transfers.values():
                 close += [other.fd, other.twin.fileno()]
+                if other.pidfd >= 0:
+                    close.append(other.pidfd)
             child_main(transfer, wfd, close, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid

@@ -4,11 +4,13 @@
 (``SO_RCVTIMEO``) is the retransmission timer, so an ACK costs one ``recv_into``, one ``preadv``
 of exactly the next window straight into a reused packet buffer (headers sit in gaps between
 the payloads, so nothing is copied) and one ``send`` per block: no event-loop round, no timer
-object, no exception per packet. The socket is ``connect()``ed to the client, as tftpd-hpa's
-is: the kernel keeps other senders' packets away from it (the server answers those on a twin
-socket, see ``server.py``) and reuses its route for every packet. Measured on loopback at
-window 1, client and server on different cores of a virtual machine (wake-ups included), this
-cut the server's CPU per block by a fifth: 37 to 29 µs (tftpd-hpa: 27 µs).
+object, no exception per packet. A view of several pieces (ranges of files, literal bytes) is
+read the same way with one ``preadv`` per piece the window covers, split where a piece ends.
+The socket is ``connect()``ed to the client, as tftpd-hpa's is: the kernel keeps other
+senders' packets away from it (the server answers those on a twin socket, see ``server.py``)
+and reuses its route for every packet. Measured on loopback at window 1, client and server on
+different cores of a virtual machine (wake-ups included), this cut the server's CPU per block
+by a fifth: 37 to 29 µs (tftpd-hpa: 27 µs).
 At window 1 (barebox's and U-Boot's default) the expected ACK is answered by a small C loop,
 ``_lockstep.c``, that runs until anything else happens and then hands back to this class:
 what the server does between an ACK's arrival and the next block's send is all it adds to
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
@@ -33,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from overrided.served import OpenBlob, Outcome, Transfer, TransferObserver
+from overrided.served import TABLE_ROW, OpenView, Outcome, Transfer, TransferObserver
 from overrided.tftp.packets import (
     DATA_HEADERS,
     ErrorCode,
@@ -95,7 +98,7 @@ _ACK, _ERROR = int(Opcode.ACK), int(Opcode.ERROR)
 
 
 class Source(Protocol):
-    """Bytes of a served file as the wire carries them (octet or netascii)."""
+    """Bytes of a served view as the wire carries them (octet or netascii)."""
 
     size: int
 
@@ -108,31 +111,52 @@ class Source(Protocol):
         ...
 
     def close(self) -> None:
-        """Release the file."""
+        """Release the view's files."""
         ...
 
 
 class OctetSource:
-    """The blob's bytes unchanged, read with one ``preadv`` per window."""
+    """The view's bytes unchanged, read with one ``preadv`` per window and file piece."""
 
-    def __init__(self, blob: OpenBlob) -> None:
-        self.blob = blob
-        self.size = blob.size
+    def __init__(self, view: OpenView) -> None:
+        self.view = view
+        self.size = view.size
+        single = view.single
+        # A whole single file (every folder's file, most store blobs) is read with one preadv
+        # straight from the window's caller, without a frame of ours in between.
+        self.readinto: Callable[[list[memoryview], int], int] = (
+            functools.partial(os.preadv, single[0])
+            if single is not None and single[1] == 0
+            else view.readinto
+        )
 
-    def readinto(self, views: list[memoryview], offset: int) -> int:
-        """One ``preadv`` scatters a whole window into the packet buffer."""
-        return os.preadv(self.blob.fd, views, offset)
+    def fd_table(self) -> bytes | None:
+        """The pieces as the C loop reads them: ``TABLE_ROW``s of (start in the view, length,
+        descriptor, file offset), the descriptor itself in place of its index (``_lockstep.c``).
+
+        ``None`` when a piece is literal bytes, which only a handed-off view has in a file
+        (``OpenView.handoff``): the Python loop then reads it.
+        """
+        try:
+            table = self.view.table()
+        except ValueError:
+            return None
+        fds = self.view.fds
+        return b"".join(
+            TABLE_ROW.pack(start, length, fds[index], offset)
+            for start, length, index, offset in TABLE_ROW.iter_unpack(table)
+        )
 
     def release(self, offset: int) -> None:
-        """Nothing is kept: every read goes to the file."""
+        """Nothing is kept: every read goes to the files."""
 
     def close(self) -> None:
-        """Close the blob."""
-        self.blob.close()
+        """Close the view's files."""
+        self.view.close()
 
 
 class NetasciiSource:
-    """The blob translated to netascii (RFC 1350), produced as the transfer advances.
+    """The view translated to netascii (RFC 1350), produced as the transfer advances.
 
     Reads never go back before the first unacknowledged block (a window restarts there at the
     earliest), so the translated bytes are kept from there on only (see ``release``).
@@ -140,8 +164,8 @@ class NetasciiSource:
 
     CHUNK = 64 * 1024
 
-    def __init__(self, blob: OpenBlob, *, size: int | None = None) -> None:
-        self.blob = blob
+    def __init__(self, view: OpenView, *, size: int | None = None) -> None:
+        self.view = view
         # ``size``: already counted (by the server, before its transfer's process started).
         self.size = self._translated_size() if size is None else size
         self._buf = b""  # translated bytes starting at ``_buf_offset``
@@ -150,7 +174,7 @@ class NetasciiSource:
 
     def _translated_size(self) -> int:
         size, offset = 0, 0
-        while chunk := self.blob.read_at(offset, self.CHUNK):
+        while chunk := self.view.read_at(offset, self.CHUNK):
             offset += len(chunk)
             size += len(chunk) + chunk.count(b"\n") + chunk.count(b"\r")
         return size
@@ -160,7 +184,7 @@ class NetasciiSource:
         want = sum(len(v) for v in views)
         end = min(offset + want, self.size)
         while self._buf_offset + len(self._buf) < end:
-            raw = self.blob.read_at(self._raw_offset, self.CHUNK)
+            raw = self.view.read_at(self._raw_offset, self.CHUNK)
             if not raw:
                 break
             self._raw_offset += len(raw)
@@ -181,8 +205,8 @@ class NetasciiSource:
             self._buf_offset = offset
 
     def close(self) -> None:
-        """Close the blob."""
-        self.blob.close()
+        """Close the view's files."""
+        self.view.close()
 
 
 def describe(record: Transfer) -> str:
@@ -302,7 +326,11 @@ class ReadTransfer:
         # the C loop when it is built (``_lockstep.c``), else by the Python lines below.
         lockstep = self._lockstep
         native = _native_loop() if lockstep else None
-        fd = self.source.blob.fd if isinstance(self.source, OctetSource) else -1
+        # The C loop reads the view's pieces by descriptor; a view with literal bytes outside
+        # a file (not handed off, see ``OpenView.handoff``) is left to the Python loop.
+        table = self.source.fd_table() if isinstance(self.source, OctetSource) else None
+        if table is None:
+            native = None
         views, mv, bs, step = self._views, self._mv, self.blksize, self._step
         # The buffer's packets as sent for full blocks; the file's last block may be short.
         packets = [mv[i * step : i * step + 4 + bs] for i in range(len(views))]
@@ -312,7 +340,7 @@ class ReadTransfer:
         # Lockstep reads ahead: packets[i] holds block ``ahead + i`` for i < ``held``. Anything
         # else that sends (a resend, a timer) reuses the buffer, so it drops them (held = 0).
         ahead = held = 0
-        preadv, send, recv_into = os.preadv, sock.send, sock.recv_into
+        readinto, send, recv_into = self._readinto, sock.send, sock.recv_into
         sock_fd, buf = sock.fileno(), self._buf
         pkt = bytearray(1024)  # an ACK is 4 bytes, an ERROR a few dozen
         while not self.done:
@@ -320,7 +348,7 @@ class ReadTransfer:
                 sent = self.last_sent
                 if native is not None and self.acked == sent - 1 and 0 < sent <= last_full:
                     stop, value, sent, ahead, held, sent_at = native(
-                        sock_fd, fd, buf, pkt, bs, nblocks, size, sent, ahead, held
+                        sock_fd, table, buf, pkt, bs, nblocks, size, sent, ahead, held
                     )
                     if sent != self.last_sent:
                         self.acked, self.last_sent, self.tries = sent - 1, sent, 0
@@ -368,7 +396,7 @@ class ReadTransfer:
                         if not 0 <= i < held:
                             count = min(len(views), nblocks - sent)
                             want = min(count * bs, size - sent * bs)
-                            if preadv(fd, views[:count], sent * bs) < want:
+                            if readinto(views[:count], sent * bs) < want:
                                 held = 0
                                 self._fail_block(STOP_READ, 0, sent + 1)
                                 return
