@@ -34,7 +34,7 @@ import watchfiles
 
 from overrided.errors import OverridedError
 from overrided.state import BuildInfo, ConfigInfo
-from overrided.store import Store, fingerprint
+from overrided.store import Blob, Store, StoreError, fingerprint
 
 if TYPE_CHECKING:
     from overrided.fit import Fit
@@ -58,10 +58,14 @@ class Build:
 
     name: str
     path: Path
-    fit: Path | None = None  # the FIT to trim: the build's own, or one we built into the store
+    fit: Path | None = None  # the build's FIT as found, or the one we built into the store
     kernel: Path | None = None  # Image/Image.gz/zImage when the build is kernel + DTBs
     dtbs: tuple[Path, ...] = ()
     modules: tuple[Path, ...] = ()
+    # The inputs as ingested into the store (immutable): what renders read and views point at.
+    fit_blob: Blob | None = None
+    kernel_blob: Blob | None = None
+    module_blobs: tuple[Blob, ...] = ()  # in the order of ``modules``
     release: str | None = None
     arch: str | None = None
     configurations: tuple[ConfigInfo, ...] = ()
@@ -74,7 +78,19 @@ class Build:
     @property
     def usable(self) -> bool:
         """Whether boards can be rendered from this build."""
-        return self.error is None and self.fit is not None
+        return self.error is None and self.fit_blob is not None
+
+    def blobs(self) -> dict[str, str]:
+        """The store blobs this build holds: role → digest (its store manifest)."""
+        out = {
+            f"modules:{m.name}": b.digest
+            for m, b in zip(self.modules, self.module_blobs, strict=True)
+        }
+        if self.fit_blob is not None:
+            out["fit"] = self.fit_blob.digest
+        if self.kernel_blob is not None:
+            out["kernel"] = self.kernel_blob.digest
+        return out
 
     def info(self) -> BuildInfo:
         """The API's view of this build."""
@@ -296,7 +312,7 @@ def being_written(files: Iterable[Path], *, idle: float = IDLE_WRITER) -> list[P
     return busy
 
 
-def open_fit(path: Path) -> Fit:
+def open_fit(path: Path, shown: Path | None = None) -> Fit:
     """Parse the FIT at ``path``: mapped when it is a store blob (immutable), else read.
 
     A build folder's FIT may be rewritten in place by the next ``make`` while we parse it;
@@ -306,7 +322,7 @@ def open_fit(path: Path) -> Fit:
     from overrided.fit import Fit, FitError
 
     if path.parent.name == "blobs" and path.stat().st_mode & 0o222 == 0:
-        return Fit.open(path)  # a read-only store blob: never rewritten
+        return Fit.open(path, shown=shown)  # a read-only store blob: never rewritten
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -317,23 +333,34 @@ def open_fit(path: Path) -> Fit:
 
 
 class FitCache:
-    """Parsed FITs for one refresh: indexing and rendering then parse each FIT once.
+    """Parsed FITs, so that indexing and rendering parse each FIT once.
 
-    Kept only for the length of one refresh (``close()``): a parsed FIT maps its file, and a
-    build tree's file may be rewritten in place by the next ``make``.
+    Meant for store blobs, which never change: a parsed FIT maps its file. (A build tree's
+    file may be rewritten in place by the next ``make``; ``open`` parses it again then.)
     """
 
     def __init__(self) -> None:
         self._fits: dict[tuple[Path, str], Fit] = {}
 
-    def open(self, path: Path) -> Fit:
+    def open(self, path: Path, shown: Path | None = None) -> Fit:
         """The parsed FIT at ``path`` (parsed again if the file changed)."""
 
         key = (path, fingerprint(path))
         fit = self._fits.get(key)
         if fit is None:
-            fit = self._fits[key] = open_fit(path)
+            fit = self._fits[key] = open_fit(path, shown)
         return fit
+
+    def drop(self, path: Path) -> None:
+        """Release the mappings of ``path``."""
+        for key in [k for k in self._fits if k[0] == path]:
+            self._fits.pop(key).close()
+
+    def retain(self, names: set[str]) -> None:
+        """Release the mappings of files whose name is not in ``names`` (store blobs are named
+        by their digest)."""
+        for key in [k for k in self._fits if k[0].name not in names]:
+            self._fits.pop(key).close()
 
     def close(self) -> None:
         """Release every mapping."""
@@ -343,11 +370,12 @@ class FitCache:
 
 
 def configurations_of(
-    fit_path: Path, fits: FitCache | None = None
+    fit_path: Path, fits: FitCache | None = None, shown: Path | None = None
 ) -> tuple[tuple[ConfigInfo, ...], str | None, str | None]:
-    """The FIT's configurations as the API shows them, its kernel arch and its kernel release."""
+    """The FIT's configurations as the API shows them, its kernel arch and its kernel release
+    (``shown``: the name messages give the file)."""
 
-    fit = fits.open(fit_path) if fits is not None else open_fit(fit_path)
+    fit = fits.open(fit_path, shown) if fits is not None else open_fit(fit_path, shown)
     configs: list[ConfigInfo] = []
     arch: str | None = None
     for name, conf in fit.configurations.items():
@@ -482,14 +510,24 @@ def _index(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache |
         raise BuildError(f"{name}: {inputs.kernel}: a kernel without any *.dtb files")
     release: str | None = None
     arch: str | None = None
-    if inputs.kernel is not None:
-        arch = _KERNEL_ARCH.get(inputs.kernel.name)
-        release = release_of_image(inputs.kernel)
-        fit = built_fit(inputs, store, arch or "arm64")
-    else:
-        assert inputs.fit is not None
-        fit = inputs.fit
-    configs, fit_arch, _ = configurations_of(fit, fits)
+    kernel_blob: Blob | None = None
+    try:
+        if inputs.kernel is not None:
+            arch = _KERNEL_ARCH.get(inputs.kernel.name)
+            release = release_of_image(inputs.kernel)
+            fit = built_fit(inputs, store, arch or "arm64")
+            fit_blob = store.blob(fit.name)
+            kernel_blob = store.ingest(inputs.kernel, here=True)
+        else:
+            assert inputs.fit is not None
+            fit = inputs.fit
+            # Hashed here, beside the hash process's modules: both read at once.
+            fit_blob = store.ingest(fit, here=True)
+    except StoreError as err:
+        raise BuildError(f"{name}: {err}") from None
+    if fit_blob is None:
+        raise BuildError(f"{name}: the FIT built from {inputs.kernel} left the store")
+    configs, fit_arch, _ = configurations_of(fit_blob.path, fits, fit)
     arch = arch or fit_arch
     if release is None:
         # The archive's own lib/modules/<release>/ is authoritative; the file name is a guess
@@ -498,18 +536,28 @@ def _index(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache |
             release = release_in_modules_cpio(m) or release_of_modules_name(m.name)
             if release:
                 break
-    return Build(
+    modules = tuple(sorted(inputs.modules))
+    try:
+        module_blobs = tuple(store.ingest(m) for m in modules)
+    except StoreError as err:
+        raise BuildError(f"{name}: {err}") from None
+    build = Build(
         name=name,
         path=path,
         fit=fit,
         kernel=inputs.kernel,
         dtbs=tuple(inputs.dtbs),
-        modules=tuple(sorted(inputs.modules)),
+        modules=modules,
         release=release,
         arch=arch,
         configurations=configs,
         mtime=_newest(inputs.files()),
+        fit_blob=fit_blob,
+        kernel_blob=kernel_blob,
+        module_blobs=module_blobs,
     )
+    store.record_build(name, build.blobs())
+    return build
 
 
 def build_folders(builds_dir: Path) -> list[Path]:

@@ -798,22 +798,32 @@ def _copy(src: int, dst: int, count: int) -> None:
         left -= n
 
 
-def _write_parts(parts: Sequence[tuple[Path, str | None]], out_fd: int) -> list[PartInfo]:
+def layout(parts: Sequence[tuple[Path, int, str | None]]) -> list[PartInfo]:
+    """Where each part (path, size, compression from ``check_part``) lands in the initrd, and
+    the NUL padding after it: what ``concat`` writes, and what a view of the initrd reads."""
     placed: list[PartInfo] = []
     offset = 0
-    for i, (path, kind) in enumerate(parts):
-        with open(path, "rb") as src:
-            size = os.fstat(src.fileno()).st_size
-            _copy(src.fileno(), out_fd, size)
+    for i, (path, size, kind) in enumerate(parts):
         # Every part ends on a multiple of 4, so the next one (raw or not) starts aligned
         # relative to the whole initrd, as unpack_to_rootfs requires for a raw archive.
         padding = pad4(size)
         if kind == "lz4" and i + 1 < len(parts):
             padding += 4  # unlz4 stops only at a zero chunk size (see _lz4_extent)
-        if padding:
-            os.write(out_fd, b"\0" * padding)
         placed.append(PartInfo(path, offset, size, kind, padding))
         offset += size + padding
+    return placed
+
+
+def _write_parts(parts: Sequence[tuple[Path, str | None]], out_fd: int) -> list[PartInfo]:
+    sizes = [(path, path.stat().st_size, kind) for path, kind in parts]
+    placed = layout(sizes)
+    for part in placed:
+        with open(part.path, "rb") as src:
+            if os.fstat(src.fileno()).st_size != part.size:
+                raise CpioError(f"{part.path}: changed size while the initrd was written")
+            _copy(src.fileno(), out_fd, part.size)
+        if part.padding:
+            os.write(out_fd, b"\0" * part.padding)
     return placed
 
 
@@ -858,18 +868,16 @@ def concat(parts: Sequence[Path], out: Path | BinaryIO) -> list[PartInfo]:
     if out_fd >= 0:
         return _write_parts(checked, out_fd)
     # A file object without a descriptor (e.g. BytesIO): bounded chunks through Python.
-    placed = []
-    offset = 0
-    for i, (path, kind) in enumerate(checked):
-        with open(path, "rb") as src:
-            size = 0
-            while chunk := src.read(_CHUNK):
+    placed = layout([(path, path.stat().st_size, kind) for path, kind in checked])
+    for part in placed:
+        with open(part.path, "rb") as src:
+            left = part.size
+            while left and (chunk := src.read(min(_CHUNK, left))):
                 out.write(chunk)
-                size += len(chunk)
-        padding = pad4(size) + (4 if kind == "lz4" and i + 1 < len(checked) else 0)
-        out.write(b"\0" * padding)
-        placed.append(PartInfo(path, offset, size, kind, padding))
-        offset += size + padding
+                left -= len(chunk)
+        if left:
+            raise CpioError(f"{part.path}: shrank while the initrd was written")
+        out.write(b"\0" * part.padding)
     return placed
 
 
@@ -1209,20 +1217,26 @@ def _clean(name: str) -> str:
     return name
 
 
-def initrd_warnings(parts: Sequence[Path], kernel_release: str | None) -> list[str]:
+def initrd_warnings(
+    parts: Sequence[Path],
+    kernel_release: str | None,
+    inspected: Callable[[Path], list[Part]] | None = None,
+) -> list[str]:
     """Warnings about an initrd made of ``parts`` (in order) for a kernel of ``kernel_release``.
 
     Names modules for another release, modules only under ``usr/lib/modules`` with no ``lib``
     symlink (inits such as rsinit look only in ``/lib/modules/$(uname -r)``), and paths that
-    several parts carry (the later part wins).
+    several parts carry (the later part wins). ``inspected`` gives each file's parts (default:
+    ``inspect``; a caller may remember them).
     """
+    inspected = inspected or inspect
     warnings: list[str] = []
     owner: dict[str, tuple[str, bool]] = {}
     duplicates: list[str] = []
     releases: dict[str, set[str]] = {}  # release -> the prefixes it sits under
     lib_link = False
     for path in parts:
-        for part in inspect(path):
+        for part in inspected(path):
             label = f"{path}" if part.offset == 0 else f"{path}@{part.offset}"
             for e in part.entries:
                 name = _clean(e.name)

@@ -1,9 +1,14 @@
-"""Content-addressed blobs and the render cache, in one store folder.
+"""Content-addressed blobs, small cached results and build manifests, in one store folder.
 
-Layout: ``blobs/<sha256>`` holds immutable files named by their content hash; ``cache/<key>.json``
-maps a render's input hashes to the digests it produced; ``tmp/`` holds files being written.
-A blob is never rewritten in place, so a transfer that opened one keeps reading the same bytes;
-a blob that no catalog names any more is deleted only after the grace period.
+Layout: ``blobs/<sha256>`` holds immutable files named by their content hash: every input of a
+build (FIT, kernel, modules CPIOs, init CPIOs, overlays) is ingested once per distinct content
+(``ingest``: a reflink where the file system can, else an in-kernel copy), and boards' artifacts
+are views over those blobs (``served.View``), so rendering a board writes no artifact bytes.
+``cache/<key>.json`` keeps small results worth keeping across restarts (initrd warnings, a FIT
+built from ``Image`` + DTBs); ``builds/<name>.json`` names the blobs each build holds
+(``overrided store du``); ``tmp/`` holds files being written. A blob is never rewritten in place,
+so a transfer that opened one keeps reading the same bytes; a blob that nothing served, pinned
+or indexed refers to any more is deleted only after the grace period.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from overrided.errors import OverridedError
-from overrided.served import Blob
+from overrided.served import Piece, View
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +42,58 @@ _BIG_FILE = 4 << 20
 _PROGRAM = "digest_process.py"
 
 
+@dataclass(frozen=True)
+class Blob:
+    """A file of the store: immutable, named by the sha256 of its bytes."""
+
+    path: Path
+    size: int
+    digest: str
+
+    def view(self) -> View:
+        """The whole blob as a served view."""
+        return View.of_file(self.path, self.size, self.digest)
+
+    def range(self, offset: int, length: int) -> Piece:
+        """``length`` bytes of the blob from ``offset``, as a piece of a view."""
+        if offset < 0 or offset + length > self.size:
+            raise StoreError(f"{self.path.name}: range {offset}+{length} beyond {self.size} bytes")
+        return Piece(length, self.path, offset, digest=self.digest)
+
+
 class StoreError(OverridedError):
-    """The store folder cannot be used."""
+    """The store folder cannot be used, or an input could not be ingested."""
+
+
+# ioctl(2) FICLONE: share the source's extents (btrfs, XFS, bcachefs): no bytes copied.
+_FICLONE = 0x40049409
+
+
+def clone_or_copy(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes of file ``src`` into the empty file ``dst``: a reflink where the
+    file system can, else ``copy_file_range`` (in the kernel), else ``sendfile``/``read``."""
+    import fcntl
+
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return
+    except OSError:
+        pass  # not supported here (ext4, tmpfs, across file systems): copy
+    offset = 0
+    try:
+        while offset < size:
+            n = os.copy_file_range(src, dst, size - offset, offset, offset)
+            if n == 0:
+                break
+            offset += n
+    except OSError:
+        pass  # e.g. EXDEV on old kernels: the slower ways below
+    while offset < size:
+        chunk = os.pread(src, min(_CHUNK, size - offset), offset)
+        if not chunk:
+            raise StoreError("the file shrank while it was copied")
+        os.pwrite(dst, chunk, offset)
+        offset += len(chunk)
 
 
 def digest_of_file(path: Path) -> str:
@@ -129,6 +185,21 @@ def _end_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def _changed(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_dev) != (
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ino,
+        b.st_dev,
+    )
+
+
+def _manifest_name(build: str) -> str:
+    # Build names are folder names (no "/"); the hash keeps odd ones apart from each other.
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in build)[:64]
+    return f"{safe}-{hashlib.sha256(build.encode()).hexdigest()[:8]}"
+
+
 def fingerprint(path: Path) -> str:
     """A file's identity without reading it: device, inode, size, mtime (ns).
 
@@ -158,9 +229,10 @@ class FileDigests:
         self._pool: ThreadPoolExecutor | None = None
         self.process = HashProcess()
 
-    def hash(self, path: Path) -> str:
-        """The sha256 of the file's bytes, read now (big files by the hash process)."""
-        if path.stat().st_size >= _BIG_FILE:
+    def hash(self, path: Path, *, here: bool = False) -> str:
+        """The sha256 of the file's bytes, read now (big files by the hash process, unless
+        ``here``: the hash process hashes one file at a time)."""
+        if not here and path.stat().st_size >= _BIG_FILE:
             return self.process.digest(path)
         return digest_of_file(path)
 
@@ -181,12 +253,14 @@ class FileDigests:
             running = self._running[(path, sig)] = Future()
             return running, True
 
-    def _compute(self, path: Path, sig: _Signature, running: Future[str]) -> str:
+    def _compute(
+        self, path: Path, sig: _Signature, running: Future[str], here: bool = False
+    ) -> str:
         try:
-            digest = self.hash(path)
+            digest = self.hash(path, here=here)
             if self._signature(path) != sig:
                 # Written while we read it: do not remember a digest of moving bytes.
-                digest = self.hash(path)
+                digest = self.hash(path, here=here)
             else:
                 with self._lock:
                     self._known[path] = (sig, digest)
@@ -200,13 +274,14 @@ class FileDigests:
         running.set_result(digest)
         return digest
 
-    def of(self, path: Path) -> str:
-        """The file's digest, recomputed only when its stat signature changed."""
+    def of(self, path: Path, *, here: bool = False) -> str:
+        """The file's digest, recomputed only when its stat signature changed (in this
+        thread when ``here``, beside whatever the hash process is hashing)."""
         sig = self._signature(path)
         found, mine = self._claim(path, sig)
         if isinstance(found, str):
             return found
-        return self._compute(path, sig, found) if mine else found.result()
+        return self._compute(path, sig, found, here) if mine else found.result()
 
     def start(self, path: Path) -> None:
         """Hash ``path`` on a worker thread, unless its digest is known or being computed.
@@ -265,8 +340,9 @@ class Store:
         self.blobs = root / "blobs"
         self.cache = root / "cache"
         self.tmp = root / "tmp"
+        self.manifests = root / "builds"
         try:
-            for d in (self.blobs, self.cache, self.tmp):
+            for d in (self.blobs, self.cache, self.tmp, self.manifests):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreError(f"{root}: cannot create the store folder: {err}") from None
@@ -316,25 +392,62 @@ class Store:
         tmp.write_bytes(data)
         return self.adopt(tmp)
 
-    def put_file(self, source: Path) -> Blob:
-        """Copy a file into the store (a hard link when possible: no bytes copied)."""
-        digest = self.digests.of(source)
-        existing = self.blob(digest)
-        if existing is not None:
-            self._dead_since.pop(digest, None)
-            return existing
-        tmp = self.temp_path()
-        tmp.unlink()
-        try:
-            # A hard link would share the build's inode, which `make` may later rewrite in
-            # place; copy instead so a blob can never change under a transfer.
-            with source.open("rb") as src, tmp.open("wb") as dst:
-                while chunk := src.read(_CHUNK):
-                    dst.write(chunk)
-        except OSError:
+    def ingest(self, source: Path, *, here: bool = False) -> Blob:
+        """Make ``source`` an immutable blob: hashed once (``digests``), stored once per
+        distinct content. A file whose content is stored already costs its hash only.
+
+        A hard link would share the build's inode, which the next ``make`` may rewrite in
+        place; the copy (a reflink where possible) is the store's own. The copy is checked
+        against the file's stat signature before and after, so the blob holds exactly the
+        bytes that were hashed; ``StoreError`` if the file changed meanwhile.
+        """
+        with source.open("rb") as src:
+            before = os.fstat(src.fileno())
+            digest = self.digests.of(source, here=here)
+            existing = self.blob(digest)
+            if existing is not None:
+                self._dead_since.pop(digest, None)
+                return existing
+            tmp = self.temp_path()
+            try:
+                with tmp.open("r+b") as dst:
+                    clone_or_copy(src.fileno(), dst.fileno(), before.st_size)
+                after = os.stat(source)
+            except StoreError as err:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"{source}: {err}; it is read again") from None
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+        if _changed(before, after) or tmp.stat().st_size != before.st_size:
             tmp.unlink(missing_ok=True)
-            raise
-        return self.adopt(tmp)
+            raise StoreError(f"{source}: changed while it was ingested; it is read again")
+        return self.adopt(tmp, digest)
+
+    put_file = ingest
+
+    # --- build manifests ----------------------------------------------------------------------
+
+    def record_build(self, name: str, blobs: dict[str, str]) -> None:
+        """Remember which blobs build ``name`` holds (role → digest), for ``store du``."""
+        tmp = self.temp_path(".json")
+        tmp.write_text(json.dumps({"build": name, "blobs": blobs}, sort_keys=True))
+        os.replace(tmp, self.manifests / f"{_manifest_name(name)}.json")
+
+    def forget_build(self, name: str) -> None:
+        """Drop build ``name``'s manifest (its blobs go with the next collections)."""
+        (self.manifests / f"{_manifest_name(name)}.json").unlink(missing_ok=True)
+
+    def build_manifests(self) -> dict[str, dict[str, str]]:
+        """Every recorded build: name → (role → digest)."""
+        out: dict[str, dict[str, str]] = {}
+        for path in sorted(self.manifests.glob("*.json")):
+            try:
+                value = json.loads(path.read_text())
+                out[str(value["build"])] = {str(k): str(v) for k, v in value["blobs"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # a manifest cut short by a crash: that build is recorded again
+        return out
 
     # --- render cache -------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,8 @@ from overrided.builds import (
     release_of_modules_name,
     watch,
 )
-from overrided.store import Store, digest_of_file
+from overrided.store import Blob, Store, digest_of_file
+from tests.support.builds import modules_cpio
 from tests.support.fits import board_dtb, sample_fit
 
 
@@ -31,27 +33,6 @@ from tests.support.fits import board_dtb, sample_fit
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-configuration FIT made by mkimage."""
     return sample_fit(tmp_path_factory.mktemp("sample")).fit
-
-
-def modules_cpio(out: Path, release: str) -> Path:
-    """A modules CPIO as `make modules-cpio-pkg` lays it out, written by GNU cpio."""
-    tree = out.parent / f".tree-{out.name}"
-    ko = tree / "lib" / "modules" / release / "kernel" / "drivers" / "x.ko"
-    ko.parent.mkdir(parents=True)
-    ko.write_bytes(b"\x7fELF module")
-    (tree / "lib" / "modules" / release / "modules.dep").write_text("kernel/drivers/x.ko:\n")
-    names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
-    names = ["lib", *names] if "lib" not in names else names
-    with out.open("wb") as f:
-        subprocess.run(
-            ["cpio", "-o", "-H", "newc", "--quiet"],
-            input="\n".join(names).encode(),
-            stdout=f,
-            cwd=tree,
-            check=True,
-        )
-    shutil.rmtree(tree)
-    return out
 
 
 @pytest.mark.parametrize(
@@ -143,6 +124,35 @@ def test_index_fit_build(tmp_path: Path, sample: Path) -> None:
     assert info.modules == ["modules-6.19.0-rc3-arm64.cpio"]
 
 
+def test_index_ingests_the_inputs_and_records_them(tmp_path: Path, sample: Path) -> None:
+    b = tmp_path / "builds" / "b"
+    b.mkdir(parents=True)
+    shutil.copyfile(sample, b / "image.fit")
+    mods = modules_cpio(b / "modules-6.19.0-arm64.cpio", "6.19.0")
+    store = Store(tmp_path / "st")
+    build = index_build(b, store)
+    assert build.usable and build.fit_blob is not None
+    (mod_blob,) = build.module_blobs
+    for blob, source in ((build.fit_blob, b / "image.fit"), (mod_blob, mods)):
+        # A copy of its own in the store, named by its bytes, that nobody may write.
+        assert blob.path.parent == store.blobs
+        assert not blob.path.samefile(source)
+        assert blob.path.read_bytes() == source.read_bytes()
+        assert (blob.size, blob.digest) == (source.stat().st_size, digest_of_file(source))
+        assert blob.path.stat().st_mode & 0o222 == 0
+    assert build.blobs() == {
+        "fit": build.fit_blob.digest,
+        "modules:modules-6.19.0-arm64.cpio": mod_blob.digest,
+    }
+    assert store.build_manifests() == {"b": build.blobs()}
+    # A second build of the same bytes holds the same blobs: nothing stored twice.
+    shutil.copytree(b, tmp_path / "builds" / "copy")
+    again = index_build(tmp_path / "builds" / "copy", store)
+    assert again.blobs() == build.blobs()
+    assert len(list(store.blobs.iterdir())) == 2
+    assert store.build_manifests() == {"b": build.blobs(), "copy": build.blobs()}
+
+
 def test_index_kernel_and_dtbs_builds_a_fit_once(tmp_path: Path) -> None:
     b = tmp_path / "builds" / "dropped"
     b.mkdir(parents=True)
@@ -181,26 +191,48 @@ def test_unusable_builds_say_why(tmp_path: Path, setup: object, error: str) -> N
 
 
 @pytest.mark.parametrize(
-    ("hash_modules", "fit_whole", "known"),
+    ("hash_modules", "fit_whole", "at_parse"),
     [
-        (False, True, False),  # start-up index: renders hash what they use
+        (False, True, False),  # start-up index: modules hashed when ingested, after the parse
         (True, True, True),  # a build that just landed: hashed beside the FIT parse
         (True, False, False),  # FIT still being written: its index fails, hash later
     ],
 )
-def test_index_can_hash_modules_for_the_render(
-    tmp_path: Path, sample: Path, hash_modules: bool, fit_whole: bool, known: bool
+def test_index_can_hash_modules_before_the_fit_is_parsed(
+    tmp_path: Path,
+    sample: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hash_modules: bool,
+    fit_whole: bool,
+    at_parse: bool,
 ) -> None:
+    from overrided import builds
+
     b = tmp_path / "builds" / "b"
     b.mkdir(parents=True)
     data = sample.read_bytes()
     (b / "image.fit").write_bytes(data if fit_whole else data[: len(data) // 2])
     mods = modules_cpio(b / "modules-6.1.0-56-arm64.cpio", "6.1.0-56-arm64")
     store = Store(tmp_path / "st")
+    seen: list[str | None] = []
+    real = builds.configurations_of
+
+    def parse(*args: Any) -> Any:
+        store.digests.settle()  # whatever hash was started ahead has ended by now
+        seen.append(store.digests.peek(mods))
+        return real(*args)
+
+    monkeypatch.setattr(builds, "configurations_of", parse)
     build = index_build(b, store, hash_modules=hash_modules)
     assert build.usable == fit_whole
-    store.digests.settle()  # the hash runs on past the index, until the render needs it
-    assert store.digests.peek(mods) == (digest_of_file(mods) if known else None)
+    assert seen == [digest_of_file(mods) if at_parse else None]
+    store.digests.settle()
+    if fit_whole:
+        # Either way a usable build's modules are ingested: hashed, and stored once.
+        assert [m.digest for m in build.module_blobs] == [digest_of_file(mods)]
+        assert store.digests.peek(mods) == digest_of_file(mods)
+    else:
+        assert build.module_blobs == () and store.digests.peek(mods) is None
     # The remembered digest belongs to those bytes only: once they change, it is not used.
     with mods.open("ab") as f:
         f.write(b"\0" * 512)
@@ -218,11 +250,15 @@ def test_truncated_fit_is_never_used(tmp_path: Path, sample: Path) -> None:
 
 
 def test_latest_is_the_newest_usable_build() -> None:
-    old = Build("old", Path("old"), fit=Path("f"), mtime=1.0)
-    new = Build("new", Path("new"), fit=Path("f"), mtime=2.0)
-    broken = Build("broken", Path("broken"), mtime=3.0, error="bad")
-    assert latest([old, new, broken]) == new
-    assert latest([broken]) is None
+    fit = Blob(Path("blobs/f"), 1, "f" * 64)
+    old = Build("old", Path("old"), fit=Path("f"), fit_blob=fit, mtime=1.0)
+    new = Build("new", Path("new"), fit=Path("f"), fit_blob=fit, mtime=2.0)
+    broken = Build("broken", Path("broken"), fit_blob=fit, mtime=3.0, error="bad")
+    # Found but never ingested (no blob): nothing to render from, however new.
+    unstored = Build("unstored", Path("unstored"), fit=Path("f"), mtime=4.0)
+    assert not unstored.usable
+    assert latest([old, new, broken, unstored]) == new
+    assert latest([broken, unstored]) is None
 
 
 def test_classify_maps_paths_to_builds_and_ignores_temp_files(tmp_path: Path) -> None:
@@ -340,17 +376,23 @@ def test_an_unchanged_build_is_not_parsed_again(
     shutil.copyfile(sample, b / "image.fit")
     store = Store(tmp_path / "st")
     first = index_build(b, store)
+    assert first.fit_blob is not None
     parsed: list[Path] = []
     real = builds.configurations_of
-    monkeypatch.setattr(
-        builds, "configurations_of", lambda p, fits=None: parsed.append(p) or real(p, fits)
-    )
+
+    def parse(path: Path, *args: Any) -> Any:
+        parsed.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(builds, "configurations_of", parse)
     assert index_build(b, store, previous=first) is first
     assert parsed == []
-    # Any change of an input (here a modules CPIO appears) is indexed anew.
+    # Any change of an input (here a modules CPIO appears) is indexed anew; the FIT parsed is
+    # its immutable copy in the store, which the same bytes share with the first index.
     modules_cpio(b / "modules-6.1.0-56-arm64.cpio", "6.1.0-56-arm64")
     second = index_build(b, store, previous=first)
-    assert parsed == [b / "image.fit"]
+    assert parsed == [first.fit_blob.path]
+    assert second.fit_blob == first.fit_blob
     assert second.usable and second.release == "6.1.0-56-arm64"
 
 

@@ -384,6 +384,29 @@ def test_concat_places_every_part_where_the_kernel_finds_it(
         assert [e.name for e in part.entries] == names(ours)
 
 
+@pytest.mark.parametrize(
+    ("parts", "placed"),
+    [
+        ([(100, None)], [(0, 0)]),
+        ([(101, "gzip"), (100, None)], [(0, 3), (104, 0)]),  # the raw archive starts aligned
+        ([(104, "zstd"), (100, None)], [(0, 0), (104, 0)]),
+        ([(102, "lz4"), (8, None)], [(0, 2 + 4), (108, 0)]),  # lz4 legacy: and a zero word
+        ([(104, "lz4"), (8, "gzip")], [(0, 4), (108, 0)]),
+        ([(8, None), (103, "lz4")], [(0, 0), (8, 1)]),  # the last part needs no end mark
+        ([(9, "xz"), (7, "lz4"), (5, "lz4"), (3, None)], [(0, 3), (12, 5), (24, 7), (36, 1)]),
+    ],
+)
+def test_layout_places_each_part_and_its_padding(
+    parts: list[tuple[int, str | None]], placed: list[tuple[int, int]]
+) -> None:
+    paths = [Path(f"part{i}") for i in range(len(parts))]
+    got = cpio.layout([(p, size, kind) for p, (size, kind) in zip(paths, parts, strict=True)])
+    assert [(g.offset, g.padding) for g in got] == placed
+    assert [(g.path, g.size, g.compression) for g in got] == [
+        (p, size, kind) for p, (size, kind) in zip(paths, parts, strict=True)
+    ]
+
+
 def test_concat_pads_an_odd_length_gzip_so_the_raw_archive_after_it_is_aligned(
     ours: Path, tmp_path: Path
 ) -> None:

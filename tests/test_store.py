@@ -1,15 +1,19 @@
-"""The content-addressed store, the render cache, grace-period GC, and catalog snapshots."""
+"""The content-addressed store: blobs and their ingestion, cached small results, build
+manifests, grace-period GC; and catalog snapshots."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from overrided.catalog import Catalog, Group
-from overrided.served import Entry, NotServed
-from overrided.store import Store
+from overrided.served import Entry, NotServed, View
+from overrided.store import Store, StoreError
+from tests.support.builds import rewrite_in_place
 
 
 def test_blobs_are_named_by_content_and_deduplicated(tmp_path: Path) -> None:
@@ -22,14 +26,130 @@ def test_blobs_are_named_by_content_and_deduplicated(tmp_path: Path) -> None:
     assert len(list(store.blobs.iterdir())) == 1
 
 
-def test_put_file_copies_so_the_source_can_change(tmp_path: Path) -> None:
+def test_ingest_copies_so_the_source_can_change(tmp_path: Path) -> None:
     store = Store(tmp_path / "st")
     src = tmp_path / "Image"
     src.write_bytes(b"v1" * 1000)
-    blob = store.put_file(src)
-    src.write_bytes(b"v2" * 1000)  # `make` rewrites its output in place
+    blob = store.ingest(src)
+    rewrite_in_place(src, b"v2" * 1000)  # `make` rewrites its output in place
     assert blob.path.read_bytes() == b"v1" * 1000
-    assert store.put_file(src).digest == hashlib.sha256(b"v2" * 1000).hexdigest()
+    assert blob.digest == hashlib.sha256(b"v1" * 1000).hexdigest()
+    assert store.ingest(src).digest == hashlib.sha256(b"v2" * 1000).hexdigest()
+    assert store.put_file == store.ingest  # the old name still works
+
+
+def test_ingest_stores_one_blob_per_distinct_content(tmp_path: Path) -> None:
+    store = Store(tmp_path / "st")
+    one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
+    one.write_bytes(b"modules" * 300)
+    two.write_bytes(b"modules" * 300)  # another build's file with the same bytes
+    other.write_bytes(b"firmware" * 300)
+    a = store.ingest(one)
+    b = store.ingest(two)
+    assert a == b and a.path.read_bytes() == one.read_bytes()
+    assert a.size == one.stat().st_size
+    assert store.ingest(one) == a  # again: its hash is known, nothing is copied
+    c = store.ingest(other)
+    assert c != a
+    assert sorted(p.name for p in store.blobs.iterdir()) == sorted({a.digest, c.digest})
+    assert list(store.tmp.iterdir()) == []
+    # A blob is the store's own file, read-only, never a link to the build's.
+    assert a.path.stat().st_ino not in (one.stat().st_ino, two.stat().st_ino)
+    assert a.path.stat().st_mode & 0o222 == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda p: p.write_bytes(b"new and longer bytes" * 100), id="rewritten"),
+        pytest.param(lambda p: p.open("ab").write(b"more"), id="appended"),
+        pytest.param(lambda p: os.truncate(p, 10), id="truncated"),
+    ],
+)
+def test_a_file_changed_while_it_is_ingested_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], object]
+) -> None:
+    from overrided import store as store_mod
+
+    store = Store(tmp_path / "st")
+    src = tmp_path / "image.fit"
+    src.write_bytes(b"old bytes" * 100)
+    real = store_mod.clone_or_copy
+
+    def copy_while_make_writes(source: int, dst: int, size: int) -> None:
+        change(src)  # after the hash, before or during the copy
+        real(source, dst, size)
+
+    monkeypatch.setattr(store_mod, "clone_or_copy", copy_while_make_writes)
+    with pytest.raises(StoreError):
+        store.ingest(src)
+    # Nothing stored under the old bytes' name.
+    assert list(store.blobs.iterdir()) == []
+    monkeypatch.setattr(store_mod, "clone_or_copy", real)
+    blob = store.ingest(src)  # read again once it is quiet: the new bytes, rightly named
+    assert blob.path.read_bytes() == src.read_bytes()
+    assert blob.digest == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda p: p.open("ab").write(b"more"), id="grown"),
+        pytest.param(lambda p: os.truncate(p, 10), id="shrunk"),
+    ],
+)
+def test_a_refused_ingest_names_the_file_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], object]
+) -> None:
+    from overrided import store as store_mod
+
+    store = Store(tmp_path / "st")
+    src = tmp_path / "image.fit"
+    src.write_bytes(b"old bytes" * 100)
+    real = store_mod.clone_or_copy
+
+    def copy_while_make_writes(source: int, dst: int, size: int) -> None:
+        change(src)
+        real(source, dst, size)
+
+    monkeypatch.setattr(store_mod, "clone_or_copy", copy_while_make_writes)
+    with pytest.raises(StoreError) as refused:
+        store.ingest(src)
+    assert str(src) in str(refused.value)  # index_build shows it as "<build>: <message>"
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_a_blob_is_a_view_and_ranges_of_it_are_pieces(tmp_path: Path) -> None:
+    store = Store(tmp_path / "st")
+    blob = store.put_bytes(b"0123456789")
+    view = blob.view()
+    assert view.read() == b"0123456789"
+    assert view.digest == blob.digest and view.size == 10  # the content hash: a strong ETag
+    assert view.files() == {blob.digest}
+    piece = blob.range(2, 5)
+    assert (piece.path, piece.offset, piece.length, piece.digest) == (blob.path, 2, 5, blob.digest)
+    assert View((piece,)).read() == b"23456"
+    assert View((blob.range(10, 0),)).read() == b""
+    for offset, length in ((-1, 2), (8, 3), (11, 0)):
+        with pytest.raises(StoreError, match="beyond 10 bytes"):
+            blob.range(offset, length)
+
+
+def test_build_manifests_name_the_blobs_each_build_holds(tmp_path: Path) -> None:
+    store = Store(tmp_path / "st")
+    store.record_build("b1", {"fit": "a" * 64})
+    store.record_build("odd/name ü", {"fit": "b" * 64, "modules:m.cpio": "c" * 64})
+    store.record_build("b1", {"fit": "d" * 64})  # indexed again: replaces the record
+    assert store.build_manifests() == {
+        "b1": {"fit": "d" * 64},
+        "odd/name ü": {"fit": "b" * 64, "modules:m.cpio": "c" * 64},
+    }
+    # A record cut short by a crash is skipped, not fatal.
+    (store.manifests / "broken.json").write_text('{"build": "x", "blo')
+    assert set(store.build_manifests()) == {"b1", "odd/name ü"}
+    store.forget_build("b1")
+    store.forget_build("never-recorded")
+    assert set(store.build_manifests()) == {"odd/name ü"}
 
 
 def test_adopt_moves_a_finished_temp_file(tmp_path: Path) -> None:
@@ -39,16 +159,17 @@ def test_adopt_moves_a_finished_temp_file(tmp_path: Path) -> None:
     blob = store.adopt(tmp)
     assert not tmp.exists()
     assert blob.path.parent == store.blobs
-    assert blob.open().read_at(0, 100) == b"trimmed"
+    assert blob.view().read() == b"trimmed"
+    assert blob.path.stat().st_mode & 0o222 == 0  # never written again
 
 
-def test_render_cache_needs_every_blob_it_names(tmp_path: Path) -> None:
+def test_cached_results_need_every_blob_they_name(tmp_path: Path) -> None:
     store = Store(tmp_path / "st")
     fit = store.put_bytes(b"fit")
     store.remember("k1", {"blobs": {"fit": fit.digest}, "configuration": "conf-1"})
     assert store.cached("k1") == {"blobs": {"fit": fit.digest}, "configuration": "conf-1"}
     assert store.cached("other") is None
-    fit.path.unlink()  # a blob collected by GC makes the cached render useless
+    fit.path.unlink()  # a blob collected by GC makes the cached result useless
     assert store.cached("k1") is None
 
 
@@ -58,7 +179,7 @@ def test_gc_keeps_live_blobs_and_waits_out_the_grace_period(tmp_path: Path) -> N
     dead = store.put_bytes(b"dead")
     assert store.collect({live.digest}, grace=600, now=1000.0) == []  # grace starts now
     assert store.collect({live.digest}, grace=600, now=1599.0) == []
-    with dead.open() as held:  # a transfer that opened the blob keeps reading it
+    with dead.view().open() as held:  # a transfer that opened the blob keeps reading it
         assert store.collect({live.digest}, grace=600, now=1600.0) == [dead.digest]
         assert not dead.path.exists()
         assert held.read_at(0, 4) == b"dead"
@@ -75,7 +196,8 @@ def test_gc_forgets_a_blob_that_became_live_again(tmp_path: Path) -> None:
 
 
 def entry(store: Store, name: str, data: bytes) -> Entry:
-    return Entry(name, store.put_bytes(data), "b")
+    """An entry of board ``b`` serving ``data`` from a store blob."""
+    return Entry(name, store.put_bytes(data).view(), "b")
 
 
 def test_catalog_lookup_cleans_names_and_says_why_not(tmp_path: Path) -> None:
@@ -97,16 +219,17 @@ def test_successor_keeps_versioned_names_for_the_grace_period(tmp_path: Path) ->
     new_fit = entry(store, "u-fit-h-bbbb", b"new fit")
     v2 = v1.successor([new_script, new_fit], keep={"u-fit-h-aaaa"}, grace=600, now=100.0)
     # The stable name moves at once; the old versioned name stays, byte-exact.
-    assert v2.lookup("u-devboot-h").blob == new_script.blob
-    assert v2.lookup("u-fit-h-aaaa").blob == old_fit.blob
-    assert v2.lookup("u-fit-h-bbbb").blob == new_fit.blob
+    assert v2.lookup("u-devboot-h").view == new_script.view
+    assert v2.lookup("u-fit-h-aaaa").view.read() == b"old fit"
+    assert v2.lookup("u-fit-h-bbbb").view == new_fit.view
+    assert old_fit.view.files() <= v2.digests()  # its blob stays live meanwhile
     assert v2.version == v1.version + 1
     # Later snapshots keep it until the grace period (counted from its retirement) is over.
     v3 = v2.successor([new_script, new_fit], keep={"u-fit-h-aaaa"}, grace=600, now=699.0)
     assert "u-fit-h-aaaa" in v3
     v4 = v3.successor([new_script, new_fit], keep={"u-fit-h-aaaa"}, grace=600, now=700.0)
     assert "u-fit-h-aaaa" not in v4  # even when the publisher still calls it versioned
-    assert old_fit.blob.digest not in v4.digests()
+    assert old_fit.view.files() and not old_fit.view.files() & v4.digests()
 
 
 def test_successor_knows_which_current_stable_names_belong_to_one_board(tmp_path: Path) -> None:
@@ -141,7 +264,12 @@ def test_file_digests_are_remembered_until_the_file_changes(
     path.write_bytes(b"v1")
     hashed: list[Path] = []
     real = store_mod.digest_of_file
-    monkeypatch.setattr(store_mod, "digest_of_file", lambda p: hashed.append(p) or real(p))
+
+    def counted(p: Path) -> str:
+        hashed.append(p)
+        return real(p)
+
+    monkeypatch.setattr(store_mod, "digest_of_file", counted)
     assert digests.peek(path) is None  # peek never reads
     assert digests.of(path) == hashlib.sha256(b"v1").hexdigest()
     assert digests.of(path) == hashlib.sha256(b"v1").hexdigest()
@@ -189,7 +317,7 @@ def test_a_hash_started_ahead_is_not_computed_again(
     release = threading.Event()
     hashed: list[Path] = []
 
-    def slow_hash(p: Path) -> str:
+    def slow_hash(p: Path, *, here: bool = False) -> str:
         hashed.append(p)
         release.wait(10)
         return hashlib.sha256(p.read_bytes()).hexdigest()

@@ -210,18 +210,20 @@ class Fit:
         self._load()
 
     @classmethod
-    def open(cls, path: Path) -> Fit:
-        """Map and index the FIT at `path`."""
+    def open(cls, path: Path, *, shown: Path | None = None) -> Fit:
+        """Map and index the FIT at `path`; messages name it `shown` (default: `path`), e.g.
+        the build's file for its copy in the store."""
+        name = shown or path
         try:
             f = path.open("rb")
         except OSError as err:
-            raise FitError(f"{path}: cannot open: {err.strerror}") from None
+            raise FitError(f"{name}: cannot open: {err.strerror}") from None
         try:
             size = path.stat().st_size
             if size == 0:
-                raise FitError(f"{path}: not a FIT: the file is empty")
+                raise FitError(f"{name}: not a FIT: the file is empty")
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            return cls(buf, path, f)
+            return cls(buf, name, f)
         except BaseException:
             f.close()
             raise
