@@ -13,6 +13,7 @@ Two rules, exactly as fit.md §2.2 (barebox ``fit_find_compatible_unit``) and §
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -109,6 +110,49 @@ def _near_misses(fit: Fit, board: Sequence[str], rule: Rule) -> list[Candidate]:
     return near
 
 
+@dataclass(frozen=True)
+class _Row:
+    order: int  # the configuration's place in /configurations
+    config: str
+    compatible: tuple[str, ...]  # () when the rule skips it
+    source: str
+    skipped: str | None
+
+
+class _Table:
+    """One FIT's configurations as a rule sees them, and which list each string is in: a board
+    is then matched by looking its strings up, not by scoring every configuration (a lab
+    renders hundreds of boards against a FIT of hundreds of configurations)."""
+
+    def __init__(self, fit: Fit, rule: Rule) -> None:
+        self.rows: list[_Row] = []
+        self.lower: dict[str, list[tuple[_Row, int]]] = {}  # barebox: strcasecmp
+        self.exact: dict[str, list[_Row]] = {}  # U-Boot: exact strings
+        for order, conf in enumerate(fit.configurations.values()):
+            skipped = _skip_reason(fit, conf, rule)
+            compat = tuple(conf.effective_compatible(fit)) if skipped is None else ()
+            row = _Row(order, conf.name, compat, _source(conf), skipped)
+            self.rows.append(row)
+            seen: set[str] = set()
+            for index, value in enumerate(compat):
+                if value.lower() not in seen:  # the first position counts
+                    seen.add(value.lower())
+                    self.lower.setdefault(value.lower(), []).append((row, index))
+                if row not in self.exact.get(value, ()):
+                    self.exact.setdefault(value, []).append(row)
+
+
+_TABLES: weakref.WeakKeyDictionary[Fit, dict[Rule, _Table]] = weakref.WeakKeyDictionary()
+
+
+def _table(fit: Fit, rule: Rule) -> _Table:
+    tables = _TABLES.setdefault(fit, {})
+    found = tables.get(rule)
+    if found is None:
+        found = tables[rule] = _Table(fit, rule)
+    return found
+
+
 def _describe(candidates: Sequence[Candidate]) -> str:
     return ", ".join(f"{c.config} ({', '.join(c.compatible)})" for c in candidates[:3])
 
@@ -133,17 +177,16 @@ def _match_barebox(fit: Fit, compatible: Sequence[str]) -> Match:
     best: Candidate | None = None
     if compatible:
         machine = compatible[0]  # barebox reads only the first string of its own root
-        for conf in fit.configurations.values():
-            skipped = _skip_reason(fit, conf, "barebox")
-            compat = tuple(conf.effective_compatible(fit)) if skipped is None else ()
-            score = barebox_score(machine, compat)
-            cand = Candidate(conf.name, compat, _source(conf), score=score, skipped=skipped)
+        # Only the configurations that list it can score: in /configurations order.
+        for row, index in _table(fit, "barebox").lower.get(machine.lower(), ()):
+            score = BAREBOX_MAX_SCORE - 4 * index
+            cand = Candidate(row.config, row.compatible, row.source, score=score)
             candidates.append(cand)
             if score > (best.score if best else 0):  # strictly greater: earliest wins ties
                 best = cand
             if score == BAREBOX_MAX_SCORE:
                 break  # barebox stops at a perfect score
-    ranked = sorted((c for c in candidates if c.score > 0), key=lambda c: -c.score)
+    ranked = sorted(candidates, key=lambda c: -c.score)
     if best is not None:
         index = (BAREBOX_MAX_SCORE - best.score) // 4
         return Match(
@@ -171,19 +214,21 @@ def _match_barebox(fit: Fit, compatible: Sequence[str]) -> Match:
 
 
 def _match_uboot(fit: Fit, compatible: Sequence[str]) -> Match:
-    candidates: list[Candidate] = []
+    table = _table(fit, "u-boot")
+    # Each configuration's position: the first board string it lists (exact match).
+    positions: dict[int, tuple[_Row, int]] = {}
+    for i, value in enumerate(compatible):
+        for row in table.exact.get(value, ()):
+            positions.setdefault(row.order, (row, i))
+    candidates = [
+        Candidate(row.config, row.compatible, row.source, position=i)
+        for _, (row, i) in sorted(positions.items())
+    ]
     best: Candidate | None = None
-    for conf in fit.configurations.values():
-        skipped = _skip_reason(fit, conf, "u-boot")
-        compat = tuple(conf.effective_compatible(fit)) if skipped is None else ()
-        position = uboot_position(compatible, compat)
-        cand = Candidate(conf.name, compat, _source(conf), position=position, skipped=skipped)
-        candidates.append(cand)
-        if position is not None and (best is None or position < (best.position or 0)):
+    for cand in candidates:  # in node order
+        if best is None or (cand.position or 0) < (best.position or 0):
             best = cand  # strictly lower: first in node order wins ties (2023.01)
-    ranked = sorted(
-        (c for c in candidates if c.position is not None), key=lambda c: c.position or 0
-    )
+    ranked = sorted(candidates, key=lambda c: c.position or 0)
     if best is not None and best.position is not None:
         return Match(
             best.config,
