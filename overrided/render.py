@@ -1,44 +1,52 @@
-"""Resolve and render one board: pick build and FIT configuration, make its artifacts.
+"""Resolve and render one board: pick build and FIT configuration, make its artifacts as views.
 
-``render_board`` is the per-board step of sources → index → resolve → render: it matches the
-board's ``compatible`` against the build's FIT, trims (and optionally signs) the FIT, assembles
-the initrd, publishes each artifact as a content-addressed blob, and runs the board's override
-renderers (barebox devboot script, PXE, boot.scr, iPXE) over the versioned names (the barebox
-script names the ``boot net`` image ``<user>-linux-<hostname>`` instead: see
-``clients/barebox.py``). The result is cached in the store under a key made of every input's
-hash, so an unchanged board costs a few ``stat`` calls and a JSON read on re-index.
+``render_board`` is the per-board step of sources → index → resolve → render. A build's inputs
+were ingested into the store when it was indexed (``builds.py``); a board's artifacts are views
+over those blobs (``served.View``): its trimmed FIT is a new header and structure around ranges
+of the build's FIT, its initrd the modules CPIOs, padding and the init CPIO, its DTB and plain
+kernel ranges of the FIT or the ingested ``Image``, its descriptions (barebox devboot script,
+PXE, boot.scr, iPXE) literal bytes. Rendering writes no artifact bytes and costs about a
+millisecond, so every board is rendered on every refresh. Work that boards share is done once
+per build (``BuildParts``: the parsed FIT, added ``hash-1`` values, each configuration's trim,
+signatures) and per set of initrd parts (``RenderMemo``).
+
+Served names: the versioned ``<user>-<role>-<hostname>-<hash12>`` names embed the view's
+identity (``View.digest``, from its pieces), so equal inputs give equal names; the barebox
+script names the ``boot net`` image ``<user>-linux-<hostname>`` instead (see
+``clients/barebox.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import logging
-import time
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from overrided.builds import Build, FitCache, open_fit
+from overrided import cpio
+from overrided.builds import Build, FitCache
 from overrided.clients import Artifacts, Renderer
 from overrided.clients.barebox import net_name
 from overrided.config import Board, hostname_of
 from overrided.errors import OverridedError
+from overrided.served import Piece, View
 from overrided.state import BoardInfo
-from overrided.store import Store, fingerprint
+from overrided.store import Blob, Store
 
 if TYPE_CHECKING:
     from overrided.fit import Fit
+    from overrided.fit.trim import Segment
 
 log = logging.getLogger(__name__)
 
-# Bumped whenever the rendered output for the same inputs changes (invalidates the cache).
-RENDER_VERSION = "2"
+# Bumped whenever the rendered output for the same inputs changes (invalidates cached warnings).
+RENDER_VERSION = "3"
 
 # format → (module, function); imported when a board asks, so a format works once it exists.
 RENDERERS: dict[str, tuple[str, str]] = {
@@ -47,6 +55,9 @@ RENDERERS: dict[str, tuple[str, str]] = {
     "bootscr": ("overrided.clients.uboot", "render_bootscr"),
     "ipxe": ("overrided.clients.ipxe", "render"),
 }
+
+# CPIO blobs whose members are remembered (a few builds' modules and init CPIOs).
+_INSPECTED = 16
 
 FORCED_SIGNING_WARNING = (
     "signed_images_forced: barebox ignores every boot override on this board "
@@ -59,12 +70,147 @@ class RenderError(OverridedError):
 
 
 @dataclass(frozen=True)
-class Rendered:
-    """A board's render: served name → blob digest, and what the API shows about it."""
+class Render:
+    """A board's render: served name → view, and what the API shows about it."""
 
-    names: dict[str, str]  # served name → digest
-    versioned: frozenset[str]  # names that embed a content hash (kept after a rebuild)
+    names: Mapping[str, View]
+    versioned: frozenset[str]  # names that embed a view's identity (kept after a rebuild)
     info: BoardInfo
+
+    def same_names(self, other: Render | None) -> bool:
+        """Whether ``other`` serves the same names with the same views."""
+        return other is not None and dict(self.names) == dict(other.names)
+
+
+def views_of(fit_blob: Blob, segments: Sequence[Segment]) -> tuple[Piece, ...]:
+    """A FIT trim's segments (``fit.trim.plan``) as view pieces over the FIT's blob; runs of
+    literal segments are joined into one piece."""
+    pieces: list[Piece] = []
+    literal = bytearray()
+    for seg in segments:
+        if isinstance(seg, bytes):
+            literal += seg
+            continue
+        if literal:
+            pieces.append(Piece.literal(bytes(literal)))
+            literal.clear()
+        pieces.append(fit_blob.range(seg[0], seg[1]))
+    if literal:
+        pieces.append(Piece.literal(bytes(literal)))
+    return tuple(pieces)
+
+
+def rebase(data: bytes, plain: Sequence[Piece], *, least: int = 4096) -> tuple[Piece, ...]:
+    """``data`` as pieces that reuse ``plain``'s file ranges where ``data`` holds the same bytes
+    at the same place (a signature node added after the images moves none of their data), and
+    literal bytes elsewhere."""
+    pieces: list[Piece] = []
+    pos = 0  # where the next piece of ``data`` starts
+    at = 0  # where the current piece of ``plain`` starts in its own output
+    literal_from = 0
+    for p in plain:
+        if (
+            p.path is not None
+            and p.length >= least
+            and at >= pos
+            and at + p.length <= len(data)
+            and _same(data, at, p)
+        ):
+            if at > literal_from:
+                pieces.append(Piece.literal(data[literal_from:at]))
+            pieces.append(p)
+            pos = literal_from = at + p.length
+        at += p.length
+    if literal_from < len(data):
+        pieces.append(Piece.literal(data[literal_from:]))
+    return tuple(pieces)
+
+
+def _same(data: bytes, at: int, piece: Piece) -> bool:
+    assert piece.path is not None
+    with piece.path.open("rb") as f:
+        f.seek(piece.offset)
+        return f.read(piece.length) == data[at : at + piece.length]
+
+
+class BuildParts:
+    """One build's FIT, parsed once (mapped from its immutable store blob), and the views that
+    its boards share: each configuration's trim, signed trims, DTBs and the plain kernel.
+
+    Kept for as long as the build is indexed, so ``hash-1`` values and signatures are computed
+    once per image and build, not per board or per refresh. Used by one refresh at a time.
+    """
+
+    def __init__(self, build: Build, fits: FitCache) -> None:
+        assert build.fit_blob is not None
+        self.build = build
+        self.blob = build.fit_blob
+        self._fits = fits
+        # The parse the build's index made, if it is still there.
+        self.fit: Fit = fits.open(self.blob.path, build.fit)
+        self._trims: dict[str, View] = {}
+        self._signed: dict[tuple[str, str, str], View] = {}
+        self._images: dict[str, View] = {}
+
+    def trimmed(self, config: str) -> View:
+        """The FIT holding only ``config`` (its default) with sha256 ``hash-1`` in every image
+        (barebox refuses crc32: docs/formats.md)."""
+        view = self._trims.get(config)
+        if view is None:
+            from overrided.fit.trim import plan
+
+            view = View(views_of(self.blob, plan(self.fit, config, add_hashes=True)))
+            self._trims[config] = view
+        return view
+
+    def signed(self, config: str, key_name: str, keys_dir: Path) -> View:
+        """The trim of ``config`` signed with the key ``key_name`` (made once per key file)."""
+        from overrided.fit.sign import sign_configuration
+        from overrided.keys import key_algo, load_signing_key, private_key_path
+
+        key_path = private_key_path(keys_dir, key_name)
+        try:
+            st = key_path.stat()
+        except OSError as err:
+            raise RenderError(f"key {key_name!r}: {err.strerror}") from None
+        ident = (config, key_name, f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+        view = self._signed.get(ident)
+        if view is None:
+            plain = self.trimmed(config)
+            signing_key = load_signing_key(keys_dir, key_name)
+            signed = sign_configuration(
+                plain.read(),
+                config,
+                signing_key,
+                key_name=key_name,
+                algo=f"sha256,{key_algo(signing_key)}",
+                # The build's own time, so the same inputs always give the same signed bytes.
+                timestamp=self.fit.timestamp or int(self.build.mtime),
+            )
+            view = self._signed[ident] = View(rebase(signed, plain.pieces))
+        return view
+
+    def image(self, unit: str) -> View:
+        """The stored payload of image ``unit``, as a range of the FIT."""
+        view = self._images.get(unit)
+        if view is None:
+            img = self.fit.images[unit]
+            view = self._images[unit] = View((self.blob.range(img.data_start, img.size),))
+        return view
+
+    def close(self) -> None:
+        """Release the FIT's mapping."""
+        self._fits.drop(self.blob.path)
+
+
+@dataclass
+class RenderMemo:
+    """What one refresh's renders share besides a build's parts: initrds by their parts'
+    contents, and small files named by board files (init CPIOs, overlays) as ingested blobs."""
+
+    initrds: dict[tuple[tuple[str, ...], str], tuple[View, list[str]]] = field(default_factory=dict)
+    files: dict[Path, Blob] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -75,8 +221,57 @@ class RenderContext:
     boards_dir: Path
     keys_dir: Path
     http_base: str | None = None
-    extra_key: dict[str, str] = field(default_factory=dict)
-    fits: FitCache | None = None  # parsed FITs shared with the index, for one refresh
+    parts: dict[str, BuildParts] = field(default_factory=dict)  # by the FIT blob's digest
+    fits: FitCache = field(default_factory=FitCache)  # parsed FITs, shared with the index
+    memo: RenderMemo = field(default_factory=RenderMemo)
+    # CPIO blobs' members (for initrd warnings), read once per blob on a thread of their own.
+    _inspections: dict[str, Future[list[cpio.Part]]] = field(default_factory=dict)
+    _pool: ThreadPoolExecutor | None = None
+
+    def inspect_soon(self, blob: Blob) -> None:
+        """Start reading the members of a CPIO blob (a new modules CPIO takes a few tenths of a
+        second), so that renders which need them wait less or not at all."""
+        if blob.digest in self._inspections:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspect")
+        self._inspections[blob.digest] = self._pool.submit(cpio.inspect, blob.path)
+        while len(self._inspections) > _INSPECTED:
+            self._inspections.pop(next(iter(self._inspections)))  # the oldest
+
+    def inspected(self, path: Path) -> list[cpio.Part]:
+        """The members of a blob's CPIO parts (``path`` is a store blob's: its name is its
+        digest)."""
+        found = self._inspections.get(path.name)
+        if found is None:
+            return cpio.inspect(path)
+        return found.result()
+
+    def parts_of(self, build: Build) -> BuildParts:
+        """The build's shared parts, opened on first use."""
+        assert build.fit_blob is not None
+        found = self.parts.get(build.fit_blob.digest)
+        if found is None:
+            found = self.parts[build.fit_blob.digest] = BuildParts(build, self.fits)
+        return found
+
+    def ingested(self, path: Path) -> Blob:
+        """A board file's small input (init CPIO, overlay) as a blob, once per refresh."""
+        found = self.memo.files.get(path)
+        if found is None:
+            found = self.memo.files[path] = self.store.ingest(path)
+        return found
+
+    def retire(self, live: set[str]) -> None:
+        """Close the parts of builds whose FIT digest is not in ``live`` (all, and the
+        inspection thread, when ``live`` is empty)."""
+        for digest in [d for d in self.parts if d not in live]:
+            self.parts.pop(digest).close()
+        self.fits.retain(live)
+        if not live and self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._inspections.clear()
 
 
 def versioned_name(user: str, role: str, hostname: str, digest: str) -> str:
@@ -105,35 +300,6 @@ def _overlay_path(name: str, ctx: RenderContext, build: Build) -> Path:
     return hits[0]
 
 
-def render_key(board: Board, build: Build, ctx: RenderContext) -> str:
-    """The hash of every input of a render: board, FIT, modules, init, overlays, signing key.
-
-    Files enter by their fingerprint (``store.fingerprint``: inode, size, mtime), not by a hash
-    of their bytes: hashing a 300 MB modules CPIO on every re-index would cost more than the
-    half second a rebuild may take to reach the board.
-    """
-    assert build.fit is not None
-    parts: dict[str, Any] = {
-        "version": RENDER_VERSION,
-        "board": board.model_dump(mode="json"),
-        "build": build.name,
-        "release": build.release,
-        "fit": fingerprint(build.fit),
-        "modules": [fingerprint(m) for m in build.modules],
-        "http_base": ctx.http_base,
-        **ctx.extra_key,
-    }
-    if board.init:
-        parts["init"] = fingerprint(ctx.boards_dir / board.init)
-    parts["overlays"] = [fingerprint(_overlay_path(o, ctx, build)) for o in board.overlays]
-    if board.sign:
-        from overrided.keys import private_key_path
-
-        parts["key"] = fingerprint(private_key_path(ctx.keys_dir, board.sign))
-    text = json.dumps(parts, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def pick_build(board: Board, builds: Sequence[Build]) -> Build:
     """The board's build: the one it names, else the latest usable one."""
     from overrided.builds import latest
@@ -151,189 +317,157 @@ def pick_build(board: Board, builds: Sequence[Build]) -> Build:
     return found
 
 
-def _sign_algo(key: object) -> str:
-    from overrided.keys import key_algo
+def initrd_view(
+    blobs: Sequence[Blob], release: str | None, ctx: RenderContext
+) -> tuple[View, list[str]]:
+    """The initrd of ``blobs`` in order (modules CPIOs, then the init CPIO) as a view, and
+    ``cpio.initrd_warnings`` about it; made once per refresh for each set of parts, the
+    warnings cached in the store by the parts' contents."""
+    from overrided.cpio import check_part, initrd_warnings, layout
 
-    return f"sha256,{key_algo(key)}"  # type: ignore[arg-type]
-
-
-def _render_fresh(board: Board, build: Build, ctx: RenderContext, key: str) -> dict[str, Any]:
-    """Do the work: match, trim/sign, initrd, descriptions. Returns the cache record."""
-
-    fits = ctx.fits
-
-    def fit_opener(path: Path) -> AbstractContextManager[Fit]:
-        # A FIT parsed during this refresh's index is reused, and stays open for the refresh.
-        return nullcontext(fits.open(path)) if fits is not None else open_fit(path)
-
-    # The initrd does not depend on the FIT: make it on another thread meanwhile (copying
-    # and hashing release the GIL).
-    parts = list(build.modules)
-    if board.init:
-        parts.append(ctx.boards_dir / board.init)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"render-{board.name}")
-    initrd_job: Future[tuple[str, list[str]]] | None = None
-    if board.initrd and parts:
-        initrd_job = pool.submit(_initrd, ctx.store, parts, build.release)
-    try:
-        return _render_with(board, build, ctx, key, initrd_job, fit_opener=fit_opener)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def initrd_key(digests: Sequence[str]) -> str:
-    """The render-cache key of the initrd made of parts with these content digests.
-
-    Content, not fingerprints: a new build folder holding the same modules CPIO reuses the
-    initrd for the price of hashing it (0.2 s for 296 MB), not of copying and hashing it again.
-    """
-    return hashlib.sha256("\0".join(["initrd", RENDER_VERSION, *digests]).encode()).hexdigest()
-
-
-def _initrd(store: Store, parts: Sequence[Path], release: str | None) -> tuple[str, list[str]]:
-    """The initrd of ``parts`` as a blob, and ``cpio.initrd_warnings`` about it; both cached
-    by the parts' contents, so a new kernel with the same modules reuses them."""
-    from overrided.cpio import concat, initrd_warnings
-
-    digests = [store.digests.of(p) for p in parts]
-    blob_key = initrd_key(digests)
+    digests = tuple(b.digest for b in blobs)
+    key = (digests, release or "")
+    with ctx.memo.lock:
+        found = ctx.memo.initrds.get(key)
+    if found is not None:
+        return found
+    placed = layout([(b.path, b.size, check_part(b.path)) for b in blobs])
+    pieces: list[Piece] = []
+    for blob, part in zip(blobs, placed, strict=True):
+        pieces.append(blob.range(0, part.size))
+        if part.padding:
+            pieces.append(Piece.literal(b"\0" * part.padding))
     warn_ids = ["initrd-warnings", RENDER_VERSION, *digests, release or ""]
     warn_key = hashlib.sha256("\0".join(warn_ids).encode()).hexdigest()
-    blob_rec, warn_rec = store.cached(blob_key), store.cached(warn_key)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="initrd-warnings") as side:
-        # Reading every archive header for the warnings runs beside the copy.
-        warn_job = side.submit(initrd_warnings, parts, release) if warn_rec is None else None
-        if blob_rec is None:
-            out = store.temp_path(".cpio")
-            concat(parts, out)
-            digest = store.adopt(out).digest
-            store.remember(blob_key, {"blobs": {"initrd": digest}})
-        else:
-            digest = str(blob_rec["blobs"]["initrd"])
-        if warn_job is not None:
-            warnings = warn_job.result()
-            store.remember(warn_key, {"warnings": warnings})
-        else:
-            assert warn_rec is not None
-            warnings = list(warn_rec["warnings"])
-    return digest, warnings
+    cached = ctx.store.cached(warn_key)
+    if cached is not None:
+        warnings = [str(w) for w in cached["warnings"]]
+    else:
+        # Named by the build's files, not by digests, in messages: people read them.
+        warnings = initrd_warnings([b.path for b in blobs], release, ctx.inspected)
+        ctx.store.remember(warn_key, {"warnings": warnings})
+    found = (View(tuple(pieces)), warnings)
+    with ctx.memo.lock:
+        ctx.memo.initrds[key] = found
+    return found
 
 
-def _render_with(
-    board: Board,
-    build: Build,
-    ctx: RenderContext,
-    key: str,
-    initrd_job: Future[tuple[str, list[str]]] | None,
-    *,
-    fit_opener: Callable[[Path], AbstractContextManager[Fit]],
-) -> dict[str, Any]:
-    from overrided.fit import match, trim
+def _initrd_parts(board: Board, build: Build, ctx: RenderContext) -> list[Blob]:
+    parts = list(build.module_blobs)
+    if board.init:
+        parts.append(ctx.ingested(ctx.boards_dir / board.init))
+    return parts
 
-    store = ctx.store
-    assert build.fit is not None
-    blobs: dict[str, str] = {}
-    names: dict[str, str] = {}
+
+def _named(warnings: list[str], blobs: Sequence[Blob], build: Build, board: Board) -> list[str]:
+    """Warnings with store paths replaced by the names people know the files by."""
+    names = {str(b.path): str(m) for m, b in zip(build.modules, build.module_blobs, strict=True)}
+    if board.init:
+        init = blobs[-1]
+        names[str(init.path)] = board.init
+    out = []
+    for w in warnings:
+        for path, name in names.items():
+            w = w.replace(path, name)
+        out.append(w)
+    return out
+
+
+def render_board(board: Board, builds: Sequence[Build], ctx: RenderContext) -> Render:
+    """Resolve and render ``board`` into views; ``RenderError`` (or another ``OverridedError``)
+    says why not."""
+    build = pick_build(board, builds)
+    try:
+        return _render(board, build, ctx)
+    except OSError as err:
+        raise RenderError(f"{err.filename or build.name}: {err.strerror}") from None
+
+
+def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
+    from overrided.fit import match
+
+    parts = ctx.parts_of(build)
+    fit = parts.fit
+    names: dict[str, View] = {}
     versioned: list[str] = []
     artifacts: dict[str, str] = {}
     warnings: list[str] = []
     u, h = board.user, board.hostname
 
-    def publish(role: str, digest: str, *, stable: str | None = None) -> str:
-        name = versioned_name(u, role, h, digest)
-        blobs[role] = digest
-        names[name] = digest
+    def publish(role: str, view: View, *, stable: str | None = None) -> str:
+        name = versioned_name(u, role, h, view.digest)
+        names[name] = view
         versioned.append(name)
         artifacts[role] = name
         if stable:
-            names[stable] = digest
+            names[stable] = view
         return name
 
-    with fit_opener(build.fit) as fit:
-        m = match(fit, board.compatible, board.rule)
-        if m.config is None:
-            raise RenderError(f"build {build.name}: {m.reason}")
-        conf = fit.configurations[m.config]
-        effective = [c.lower() for c in conf.effective_compatible(fit)]
-        if board.rule == "barebox" and board.compatible[0].lower() not in effective:
-            # barebox boots /configurations/default when nothing matches: serve what it
-            # would boot, and say that it is a guess.
-            warnings.append(
-                f"no configuration lists {board.compatible[0]!r}: {m.config} is the FIT's "
-                "default, which barebox would boot; check the board's compatible"
-            )
+    m = match(fit, board.compatible, board.rule)
+    if m.config is None:
+        raise RenderError(f"build {build.name}: {m.reason}")
+    conf = fit.configurations[m.config]
+    effective = [c.lower() for c in conf.effective_compatible(fit)]
+    if board.rule == "barebox" and board.compatible[0].lower() not in effective:
+        # barebox boots /configurations/default when nothing matches: serve what it would
+        # boot, and say that it is a guess.
+        warnings.append(
+            f"no configuration lists {board.compatible[0]!r}: {m.config} is the FIT's "
+            "default, which barebox would boot; check the board's compatible"
+        )
+    fit_view = (
+        parts.signed(m.config, board.sign, ctx.keys_dir) if board.sign else parts.trimmed(m.config)
+    )
+    fit_name = publish("fit", fit_view)
 
-        # The trimmed FIT: only the matched configuration, set as default, with sha256 hashes
-        # (barebox refuses crc32: design.md), signed when the board asks for it.
-        out = store.temp_path(".fit")
-        written = hashlib.sha256()
-        trim(fit, m.config, out, add_hashes=True, sha256=written)
-        if board.sign:
-            from overrided.fit.sign import sign_configuration
-            from overrided.keys import load_signing_key
+    kernel_name: str | None = None
+    # A plain kernel for boards that boot one, and for iPXE, which cannot boot a FIT.
+    if board.image == "kernel" or "ipxe" in board.formats:
+        try:
+            kernel_name = publish("kernel", _plain_kernel(parts, build, conf.kernel))
+        except RenderError as err:
+            if board.image == "kernel":
+                raise
+            warnings.append(f"ipxe: {err}")
+    # barebox's `boot net` image, which the devboot script names too: what the board's image
+    # mode boots (a FIT for `image = "none"`, so that plain `boot net` works).
+    if board.image == "kernel" and kernel_name:
+        names[net_name(u, "linux", h)] = names[kernel_name]
+    else:
+        names[net_name(u, "linux", h)] = fit_view
 
-            signing_key = load_signing_key(ctx.keys_dir, board.sign)
-            signed = sign_configuration(
-                out.read_bytes(),
-                m.config,
-                signing_key,
-                key_name=board.sign,
-                algo=_sign_algo(signing_key),
-                # The build's own time, so the same inputs always give the same signed bytes.
-                timestamp=fit.timestamp or int(build.fit.stat().st_mtime),
-            )
-            out.write_bytes(signed)
-            written = hashlib.sha256(signed)
-        fit_blob = store.adopt(out, written.hexdigest())
-        fit_name = publish("fit", fit_blob.digest)
-
-        kernel_name: str | None = None
-        # A plain kernel for boards that boot one, and for iPXE, which cannot boot a FIT.
-        if board.image == "kernel" or "ipxe" in board.formats:
-            try:
-                kernel_name = publish("kernel", _plain_kernel(store, build, fit, conf.kernel))
-            except RenderError as err:
-                if board.image == "kernel":
-                    raise
-                warnings.append(f"ipxe: {err}")
-        # barebox's `boot net` image, which the devboot script names too: what the board's
-        # image mode boots (a FIT for `image = "none"`, so that plain `boot net` works).
-        if board.image == "kernel" and kernel_name:
-            names[net_name(u, "linux", h)] = blobs["kernel"]
-        else:
-            names[net_name(u, "linux", h)] = fit_blob.digest
-
-        oftree_name: str | None = None
-        if conf.fdt and fit.images[conf.fdt[0]].compression in ("none", ""):
-            dtb = store.put_bytes(bytes(fit.images[conf.fdt[0]].data())).digest
-            if board.oftree == "fit":
-                oftree_name = publish("oftree", dtb, stable=net_name(u, "oftree", h))
-        elif board.oftree == "fit" and board.image == "kernel":
-            raise RenderError(f"build {build.name}: {m.config} has no uncompressed fdt to serve")
-        description = conf.description or ""
+    oftree_name: str | None = None
+    if conf.fdt and fit.images[conf.fdt[0]].compression in ("none", ""):
+        if board.oftree == "fit":
+            dtb = parts.image(conf.fdt[0])
+            oftree_name = publish("oftree", dtb, stable=net_name(u, "oftree", h))
+    elif board.oftree == "fit" and board.image == "kernel":
+        raise RenderError(f"build {build.name}: {m.config} has no uncompressed fdt to serve")
+    description = conf.description or ""
 
     overlays: list[str] = []
     for i, o in enumerate(board.overlays):
-        digest = store.put_file(_overlay_path(o, ctx, build)).digest
-        overlays.append(publish(f"overlay{i}" if i else "overlay", digest))
+        blob = ctx.ingested(_overlay_path(o, ctx, build))
+        overlays.append(publish(f"overlay{i}" if i else "overlay", blob.view()))
 
     initrd_name: str | None = None
-    if initrd_job is not None:
+    initrd_blobs = _initrd_parts(board, build, ctx) if board.initrd else []
+    if initrd_blobs:
         stable = net_name(u, "initramfs", h) if board.init else None
-        initrd_digest, initrd_warnings = initrd_job.result()
-        initrd_name = publish("initrd", initrd_digest, stable=stable)
-        warnings += initrd_warnings
+        view, initrd_warnings = initrd_view(initrd_blobs, build.release, ctx)
+        initrd_name = publish("initrd", view, stable=stable)
+        warnings += _named(initrd_warnings, initrd_blobs, build, board)
     if board.signed_images_forced:
         warnings.append(FORCED_SIGNING_WARNING)
 
-    now = time.time()
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    built = datetime.fromtimestamp(build.mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     provenance = (
         f"build {build.name}"
         + (f" ({build.release})" if build.release else "")
         + f", configuration {m.config}"
         + (f" ({description})" if description else "")
-        + f", {m.reason}, rendered {stamp}"
+        # The build's time, not the render's: equal inputs render equal bytes.
+        + f", {m.reason}, built {built}"
         # Warnings ride along into every description's header, where people read them.
         + "".join(f"; warning: {w}" for w in warnings)
     )
@@ -365,68 +499,38 @@ def _render_with(
             continue
         served[fmt] = sorted(files)
         for fname, data in files.items():
-            names[fname] = store.put_bytes(data).digest
-            blobs[f"{fmt}:{fname}"] = names[fname]
+            names[fname] = View.of_bytes(data)
     if not served:
         raise RenderError("; ".join(warnings) or "no format could be rendered")
-    return {
-        "key": key,
-        "build": build.name,
-        "configuration": m.config,
-        "reason": m.reason,
-        "warnings": warnings,
-        "blobs": blobs,
-        "names": names,
-        "versioned": versioned,
-        "artifacts": artifacts,
-        "served": served,
-        "rendered_at": now,
-    }
-
-
-def _plain_kernel(store: Store, build: Build, fit: Fit, unit: str | None) -> str:
-    """The digest of the build's plain kernel: its ``Image`` file, else the FIT's kernel."""
-    if build.kernel is not None:
-        return store.put_file(build.kernel).digest
-    if not unit:
-        raise RenderError(f"build {build.name}: the configuration has no kernel")
-    img = fit.images[unit]
-    if img.compression not in ("none", ""):
-        raise RenderError(
-            f"build {build.name}: a plain kernel is needed, the FIT's is {img.compression}"
-        )
-    return store.put_bytes(bytes(img.data())).digest
-
-
-def render_board(board: Board, builds: Sequence[Build], ctx: RenderContext) -> Rendered:
-    """Resolve and render ``board`` (cached by input hashes); ``RenderError`` says why not."""
-    build = pick_build(board, builds)
-    try:
-        key = render_key(board, build, ctx)
-    except OSError as err:
-        raise RenderError(f"{err.filename}: {err.strerror}") from None
-    record = ctx.store.cached(key)
-    if record is None:
-        try:
-            record = _render_fresh(board, build, ctx, key)
-        except OSError as err:
-            raise RenderError(f"{err.filename or build.name}: {err.strerror}") from None
-        ctx.store.remember(key, record)
     info = BoardInfo(
         name=board.name,
         hostname=board.hostname,
         user=board.user,
         file=None,
         rule=board.rule,
-        build=record["build"],
-        configuration=record["configuration"],
-        reason=record["reason"],
-        served=record["served"],
-        artifacts=record["artifacts"],
-        warnings=record["warnings"],
-        rendered_at=datetime.fromtimestamp(record["rendered_at"], UTC),
+        build=build.name,
+        configuration=m.config,
+        reason=m.reason,
+        served=served,
+        artifacts=artifacts,
+        warnings=warnings,
+        rendered_at=datetime.now(UTC),
     )
-    return Rendered(dict(record["names"]), frozenset(record["versioned"]), info)
+    return Render(names, frozenset(versioned), info)
+
+
+def _plain_kernel(parts: BuildParts, build: Build, unit: str | None) -> View:
+    """The build's plain kernel: its ingested ``Image``, else the FIT's kernel image."""
+    if build.kernel_blob is not None:
+        return build.kernel_blob.view()
+    if not unit:
+        raise RenderError(f"build {build.name}: the configuration has no kernel")
+    img = parts.fit.images[unit]
+    if img.compression not in ("none", ""):
+        raise RenderError(
+            f"build {build.name}: a plain kernel is needed, the FIT's is {img.compression}"
+        )
+    return parts.image(unit)
 
 
 def unknown_board_candidates(build: Build, hostname: str) -> list[str]:

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,8 @@ from overrided.pins import Pins
 from overrided.served import Entry, NotServed, Transfer
 from overrided.service import OverridedService
 from overrided.store import Store
+from overrided.tftp import TftpServer
 from tests.support.fits import sample_fit
-from tests.test_tftp_support import ServerThread
 
 IDLE = 60.0
 GRACE = 600.0
@@ -60,7 +59,7 @@ def render(
     if initramfs:
         parts[initrd] = store.put_bytes(f"initramfs of {build} for {host}".encode())
     group = Group(board, script, stable_names("afa", host), f"build {build}")
-    return [Entry(n, blob, board) for n, blob in parts.items()], group
+    return [Entry(n, blob.view(), board) for n, blob in parts.items()], group
 
 
 def publish(old: Catalog, *renders: tuple[list[Entry], Group], grace: float = GRACE) -> Catalog:
@@ -90,7 +89,7 @@ class Reader:
         if entry is None:
             entry = self.catalog.lookup(name)
             self.pins.pin(self.catalog, name, client, entry)
-        return entry.blob.path.read_bytes()
+        return entry.view.read()
 
 
 @pytest.fixture
@@ -256,21 +255,23 @@ def test_only_a_boards_stable_names_pin(reader: Reader) -> None:
 def test_pinned_blobs_are_live_while_the_pin_can_serve_them(reader: Reader) -> None:
     store = reader.store
     reader.read("afa-devboot-board-a", A)
-    old = {n: reader.catalog.entries[n].blob for n in stable_names("afa", "board-a")}
+    old = {n: reader.catalog.entries[n].view for n in stable_names("afa", "board-a")}
+    old_blobs = frozenset().union(*(v.files() for v in old.values()))
+    assert len(old_blobs) == len(old)  # script, FIT, DTB, initramfs: one blob each
     # Catalogs that keep no retired names: the pin is all that refers to b1's blobs.
     reader.rebuild("b2", grace=0)
     reader.rebuild("b3", grace=0)
-    assert not {b.digest for b in old.values()} & reader.catalog.digests()
+    assert not old_blobs & reader.catalog.digests()
     live = reader.catalog.digests() | reader.pins.digests()
-    assert {b.digest for b in old.values()} <= live
+    assert old_blobs <= live
     store.collect(live, grace=0)
     assert reader.read("afa-linux-board-a", A) == b"FIT of b1 for board-a"
     # Once the pin has ended, its blobs are no longer kept for it.
     reader.clock.now += IDLE
-    assert not {b.digest for b in old.values()} & reader.pins.digests()
+    assert not old_blobs & reader.pins.digests()
 
 
-def test_the_tftp_server_names_the_client_address(tmp_path: Path) -> None:
+async def test_the_tftp_server_names_the_client_address(tmp_path: Path) -> None:
     """The server passes the requester's address, without its port, to the namespace."""
     (tmp_path / "name").write_bytes(b"bytes")
 
@@ -281,14 +282,23 @@ def test_the_tftp_server_names_the_client_address(tmp_path: Path) -> None:
             clients.append(client)
             return super().lookup(name, client=client)
 
-    with ServerThread(Recording(tmp_path)) as srv:
-        got = subprocess.run(
-            ["curl", "-sS", "--interface", "127.0.0.5", f"tftp://127.0.0.1:{srv.port}/name"],
-            capture_output=True,
-            timeout=60,
-            check=True,
+    server = TftpServer(Recording(tmp_path))
+    await server.start("127.0.0.1", 0)
+    try:
+        curl = await asyncio.create_subprocess_exec(
+            "curl",
+            "-sS",
+            "--interface",
+            "127.0.0.5",
+            f"tftp://127.0.0.1:{server.port}/name",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
-    assert got.stdout == b"bytes"
+        out, err = await asyncio.wait_for(curl.communicate(), 60)
+    finally:
+        await server.close(grace=0.5)
+    assert curl.returncode == 0, err
+    assert out == b"bytes"
     assert clients == ["127.0.0.5"]
 
 
@@ -326,12 +336,12 @@ def test_the_service_keeps_a_pinned_fit_until_the_pin_ends(tmp_path: Path) -> No
             fit = service.lookup("afa-linux-board-a", client=A)
             (info,) = service.boards()
             old_fit = info.artifacts["fit"]
-            assert service.lookup(old_fit).blob == fit.blob
+            assert service.lookup(old_fit).view == fit.view
             shutil.copy(two, build / "image.fit.tmp")
             (build / "image.fit.tmp").replace(build / "image.fit")
             await service.refresh({"b1"})
             new = service.lookup("afa-linux-board-a", client=B)
-            assert new.blob != fit.blob
+            assert new.view != fit.view
             # Until the pin ends (grace seconds after the script read), A gets the old FIT,
             # and collections never delete a blob it can hand out.
             served_old = 0
@@ -340,19 +350,20 @@ def test_the_service_keeps_a_pinned_fit_until_the_pin_ends(tmp_path: Path) -> No
             while loop.time() < deadline:
                 await service.collect(grace=0.0)
                 got = service.lookup("afa-linux-board-a", client=A)
-                with got.blob.open() as opened:
-                    assert opened.size == got.blob.size
-                if got.blob == fit.blob:
+                with got.view.open() as opened:
+                    assert opened.size == got.view.size
+                    assert opened.read_at(0, 4) == b"\xd0\x0d\xfe\xed"  # a FIT's bytes
+                if got.view == fit.view:
                     served_old += 1
                 else:
                     break
                 await asyncio.sleep(0.05)
             assert served_old > 1
-            assert got.blob == new.blob
+            assert got.view == new.view
             (info,) = service.boards()
-            assert service.lookup(info.artifacts["fit"]).blob == new.blob
+            assert service.lookup(info.artifacts["fit"]).view == new.view
             # A new script read from the same address is the next boot: the newest render.
-            assert service.lookup("afa-devboot-board-a", client=A).blob != script.blob
+            assert service.lookup("afa-devboot-board-a", client=A).view != script.view
         finally:
             await service.close()
 

@@ -1,5 +1,8 @@
 """Per-board resolution and rendering, without a server: real FITs (mkimage), real DTBs (dtc),
-modules CPIOs from GNU cpio, keys from the keys module, and the store on disk."""
+modules CPIOs from GNU cpio, keys from the keys module, and the store on disk.
+
+A render is served names → views over the build's ingested blobs: it writes no artifact bytes,
+and equal inputs give equal views and names."""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ import hashlib
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from overrided import render as render_mod
 from overrided.builds import Build, index_build
 from overrided.config import Board
 from overrided.fit import Fit
@@ -19,6 +22,7 @@ from overrided.fit.verify import verify
 from overrided.keys import new_key, public_key_of
 from overrided.render import (
     FORCED_SIGNING_WARNING,
+    Render,
     RenderContext,
     RenderError,
     board_for_hostname,
@@ -26,8 +30,8 @@ from overrided.render import (
 )
 from overrided.state import ConfigInfo
 from overrided.store import Store
+from tests.support.builds import init_cpio, modules_cpio
 from tests.support.fits import board_dtb, sample_fit
-from tests.test_builds import modules_cpio
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +54,26 @@ def setup(tmp_path: Path, sample: Path) -> tuple[Build, RenderContext]:
     return build, ctx
 
 
-def blob(ctx: RenderContext, digest: str) -> bytes:
-    return ctx.store.path_of(digest).read_bytes()
+def context(tmp_path: Path, store: Store | None = None) -> RenderContext:
+    """A render context with nothing shared yet (no parsed FIT, no signatures, no initrds)."""
+    return RenderContext(
+        store=store or Store(tmp_path / "store"),
+        boards_dir=tmp_path / "boards",
+        keys_dir=tmp_path / "keys",
+    )
 
 
-def script_of(r: render_mod.Rendered, ctx: RenderContext) -> str:
+def script_of(r: Render) -> str:
+    """The board's barebox devboot script."""
     (name,) = r.info.served["barebox"]
-    return blob(ctx, r.names[name]).decode()
+    return r.names[name].read().decode()
+
+
+def store_files(store: Store) -> dict[Path, tuple[int, int]]:
+    """Every file in the store with its inode and mtime: any write shows."""
+    return {
+        p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in store.root.rglob("*") if p.is_file()
+    }
 
 
 def test_served_names_of_a_board(setup: tuple[Build, RenderContext]) -> None:
@@ -74,13 +91,19 @@ def test_served_names_of_a_board(setup: tuple[Build, RenderContext]) -> None:
     assert len(names) == len(pattern)
     for name, p in zip(names, pattern, strict=True):
         assert re.fullmatch(p, name), (name, p)
-    # Versioned names embed their content's hash; the stable ones do not.
+    # Versioned names embed their view's identity; the stable ones do not.
     assert r.versioned == {n for n in names if re.search(r"-[0-9a-f]{12}$", n)}
     for name in r.versioned:
-        assert r.names[name].startswith(name[-12:])
-    # Every blob is named by the sha256 of its bytes (the FIT's is taken while it is written).
-    for digest in set(r.names.values()):
-        assert hashlib.sha256(blob(ctx, digest)).hexdigest() == digest
+        assert r.names[name].digest.startswith(name[-12:])
+    # Every view reads ranges of the build's ingested blobs only: each a store file named by
+    # the sha256 of its bytes.
+    inputs = set(build.blobs().values())
+    for view in r.names.values():
+        assert view.files() <= inputs
+        for piece in view.pieces:
+            if piece.path is not None:
+                assert piece.path == ctx.store.path_of(piece.digest)
+                assert hashlib.sha256(piece.path.read_bytes()).hexdigest() == piece.digest
     assert r.info.configuration == "conf-a" and r.info.build == "b1"
 
 
@@ -96,9 +119,11 @@ def test_script_names_the_boot_net_image_which_serves_the_board_image(
     setup: tuple[Build, RenderContext], image: str, role: str | None
 ) -> None:
     build, ctx = setup
-    board = Board(name="a", user="afa", compatible=["v,board-a"], image=image, initrd=None)
+    # As a board file gives it: "none" is a word there.
+    fields = {"name": "a", "user": "afa", "compatible": ["v,board-a"], "image": image}
+    board = Board.model_validate({**fields, "initrd": None})
     r = render_board(board, [build], ctx)
-    script = script_of(r, ctx).splitlines()
+    script = script_of(r).splitlines()
     if role is None:
         assert not any(line.startswith("devboot_image=") for line in script)
         assert r.names["afa-linux-board-a"] == r.names[r.info.artifacts["fit"]]
@@ -109,23 +134,48 @@ def test_script_names_the_boot_net_image_which_serves_the_board_image(
     assert r.info.artifacts[role] in r.versioned
 
 
-def test_unchanged_board_is_not_rendered_again(
-    setup: tuple[Build, RenderContext], monkeypatch: pytest.MonkeyPatch
+def test_rendering_writes_no_artifact_bytes_and_equal_inputs_give_equal_views(
+    setup: tuple[Build, RenderContext], tmp_path: Path
 ) -> None:
     build, ctx = setup
     board = Board(name="a", compatible=["v,board-a"])
+    before = store_files(ctx.store)
     first = render_board(board, [build], ctx)
-    calls: list[str] = []
-    real = render_mod._render_fresh
-    monkeypatch.setattr(render_mod, "_render_fresh", lambda *a: calls.append("render") or real(*a))
+    # The initrd's warnings are the one small result kept (once per set of parts); no blob.
+    written = set(store_files(ctx.store)) - set(before)
+    assert all(p.parent == ctx.store.cache for p in written), written
+    assert {p.name for p in ctx.store.blobs.iterdir()} == set(build.blobs().values())
+    settled = store_files(ctx.store)
     again = render_board(board, [build], ctx)
-    assert calls == []
-    assert again.names == first.names  # the script too: same bytes, same render time
+    assert again.names == first.names and first.same_names(again)  # the script too
+    assert again.versioned == first.versioned
+    # A fresh context (a restart: the FIT parsed again, nothing shared) gives the same names.
+    fresh = render_board(board, [build], context(tmp_path, ctx.store))
+    assert fresh.names == first.names
+    assert store_files(ctx.store) == settled  # nothing written, nothing rewritten
     # Any input change is a new render: here the board's bootargs.
     changed = render_board(board.model_copy(update={"bootargs": {"x": "y"}}), [build], ctx)
-    assert calls == ["render"]
+    assert not changed.same_names(first)
     assert changed.names["none-devboot-board-a"] != first.names["none-devboot-board-a"]
-    assert changed.info.artifacts["fit"] == first.info.artifacts["fit"]  # same FIT blob
+    assert changed.info.artifacts["fit"] == first.info.artifacts["fit"]  # same FIT view
+    # Another board of the same build shares the build's FIT blob, not its trim.
+    other = render_board(Board(name="b", compatible=["v,board-b"]), [build], ctx)
+    fit_a = first.names[first.info.artifacts["fit"]]
+    fit_b = other.names[other.info.artifacts["fit"]]
+    assert fit_a.files() == fit_b.files() == {build.blobs()["fit"]}
+    assert fit_a.digest != fit_b.digest
+    assert store_files(ctx.store) == settled
+
+
+def test_the_script_says_when_the_build_was_built_not_when_it_was_rendered(
+    setup: tuple[Build, RenderContext],
+) -> None:
+    build, ctx = setup
+    r = render_board(Board(name="a", compatible=["v,board-a"]), [build], ctx)
+    built = datetime.fromtimestamp(build.mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    header = script_of(r).splitlines()[1]
+    assert "build b1 (6.19.0), configuration conf-a (Board A)" in header
+    assert f"built {built}" in header and "rendered" not in header
 
 
 def test_plain_kernel_names_its_dtb(tmp_path: Path) -> None:
@@ -139,10 +189,15 @@ def test_plain_kernel_names_its_dtb(tmp_path: Path) -> None:
     build = index_build(folder, store)
     board = Board(name="rock3a", compatible=["radxa,rock3a"], image="kernel", initrd=None)
     r = render_board(board, [build], ctx)
-    assert blob(ctx, r.names[r.info.artifacts["kernel"]]) == kernel
-    assert blob(ctx, r.names[r.info.artifacts["oftree"]]) == dtb.read_bytes()
-    assert blob(ctx, r.names["none-linux-rock3a"]) == kernel  # `boot net` gets the kernel
-    script = script_of(r, ctx)
+    assert build.kernel_blob is not None
+    kernel_view = r.names[r.info.artifacts["kernel"]]
+    assert kernel_view.read() == kernel
+    # The ingested Image itself, whose content hash is the view's identity.
+    assert kernel_view == build.kernel_blob.view()
+    assert kernel_view.digest == hashlib.sha256(kernel).hexdigest()
+    assert r.names[r.info.artifacts["oftree"]].read() == dtb.read_bytes()
+    assert r.names["none-linux-rock3a"].read() == kernel  # `boot net` gets the kernel
+    script = script_of(r)
     # The script's image is the `boot net` name, which serves the kernel for this board.
     assert 'devboot_image="none-linux-rock3a"' in script
     assert f'devboot_oftree="{r.info.artifacts["oftree"]}"' in script
@@ -158,22 +213,30 @@ def test_signed_board_gets_a_signed_fit_and_forced_boards_a_warning(
         name="a", compatible=["v,board-a"], sign="lab", signed_images_forced=True, initrd=None
     )
     r = render_board(board, [build], ctx)
-    fit_bytes = blob(ctx, r.names[r.info.artifacts["fit"]])
-    assert hashlib.sha256(fit_bytes).hexdigest() == r.names[r.info.artifacts["fit"]]
+    fit_view = r.names[r.info.artifacts["fit"]]
+    fit_bytes = fit_view.read()
     report = verify(fit_bytes, public_key_of(ctx.keys_dir, "lab"))
     assert report.ok, report.lines()
+    # The signature is new bytes around the same image data: the kernel is still read from
+    # the build's FIT blob, not copied.
+    assert fit_view.files() == {build.blobs()["fit"]}
+    kernel_len = ctx.parts_of(build).fit.images["kernel"].size
+    assert any(p.path is not None and p.length >= kernel_len for p in fit_view.pieces)
+    unsigned = render_board(board.model_copy(update={"sign": None}), [build], ctx)
+    assert unsigned.names[unsigned.info.artifacts["fit"]] != fit_view
     assert FORCED_SIGNING_WARNING in r.info.warnings
     # The name the script gives the image serves the signed FIT too.
-    assert 'devboot_image="none-linux-board-a"' in script_of(r, ctx).splitlines()
-    assert r.names["none-linux-board-a"] == r.names[r.info.artifacts["fit"]]
+    assert 'devboot_image="none-linux-board-a"' in script_of(r).splitlines()
+    assert r.names["none-linux-board-a"] == fit_view
     # The script says so too: with signed images forced, barebox ignores it.
-    assert f"warning: {FORCED_SIGNING_WARNING}" in script_of(r, ctx).splitlines()[1]
-    # Rendered again without the cache, at another time: the signed FIT is the same bytes,
+    assert f"warning: {FORCED_SIGNING_WARNING}" in script_of(r).splitlines()[1]
+    # Signed again from scratch (a fresh context), at another time: the same bytes and name,
     # stamped with the build's own time rather than the clock's.
-    ctx.extra_key = {"render": "again"}
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234567890")
-    again = render_board(board, [build], ctx)
-    assert blob(ctx, again.names[again.info.artifacts["fit"]]) == fit_bytes
+    fresh = RenderContext(store=ctx.store, boards_dir=ctx.boards_dir, keys_dir=ctx.keys_dir)
+    again = render_board(board, [build], fresh)
+    assert again.names[again.info.artifacts["fit"]].read() == fit_bytes
+    assert again.info.artifacts["fit"] == r.info.artifacts["fit"]
 
 
 def test_overlays_are_served_and_applied_on_top(setup: tuple[Build, RenderContext]) -> None:
@@ -187,9 +250,11 @@ def test_overlays_are_served_and_applied_on_top(setup: tuple[Build, RenderContex
     r = render_board(board, [build], ctx)
     name = r.info.artifacts["overlay"]
     assert re.fullmatch(r"none-overlay-board-a-[0-9a-f]{12}", name)
-    assert blob(ctx, r.names[name]) == overlay.read_bytes()
+    assert r.names[name].read() == overlay.read_bytes()
+    # The board file's overlay is ingested: served from the store's copy, named by content.
+    assert r.names[name] == ctx.store.ingest(overlay).view()
     # Keep the DTB the FIT brings, apply the overlay on top: barebox's leading colon.
-    assert f'devboot_oftree=":{name}"' in script_of(r, ctx).splitlines()
+    assert f'devboot_oftree=":{name}"' in script_of(r).splitlines()
 
 
 def test_every_format_the_board_asks_for(setup: tuple[Build, RenderContext]) -> None:
@@ -231,6 +296,28 @@ def test_modules_under_usr_lib_are_warned_about(tmp_path: Path, sample: Path) ->
     ctx = RenderContext(store=store, boards_dir=tmp_path, keys_dir=tmp_path / "keys")
     r = render_board(Board(name="a", compatible=["v,board-a"]), [index_build(folder, store)], ctx)
     assert any("usr/lib/modules" in w for w in r.info.warnings), r.info.warnings
+
+
+def test_an_init_cpio_goes_after_the_modules_and_warnings_name_the_files_people_know(
+    setup: tuple[Build, RenderContext],
+) -> None:
+    build, ctx = setup
+    init = init_cpio(
+        ctx.boards_dir / "init.cpio",
+        {"init": b"#!/bin/sh\n", "lib/modules/6.19.0/modules.dep": b"mine\n"},
+    )
+    r = render_board(Board(name="a", compatible=["v,board-a"], init="init.cpio"), [build], ctx)
+    initrd = r.names[r.info.artifacts["initrd"]]
+    assert r.names["none-initramfs-board-a"] == initrd  # barebox's `boot net` name
+    modules = build.modules[0].read_bytes()
+    pad = -len(modules) % 4
+    assert initrd.read() == modules + b"\0" * pad + init.read_bytes()
+    assert initrd.files() == {build.module_blobs[0].digest, ctx.store.ingest(init).digest}
+    # Both parts carry modules.dep: the warning names the build's file and the board's, never
+    # their copies in the store.
+    (dup,) = [w for w in r.info.warnings if "lib/modules/6.19.0/modules.dep" in w]
+    assert str(build.modules[0]) in dup and "init.cpio" in dup, dup
+    assert str(ctx.store.root) not in dup, dup
 
 
 @pytest.mark.parametrize(
@@ -316,7 +403,7 @@ def test_hostname_only_boards(hostname: str, expected: str) -> None:
 def test_trimmed_fit_holds_only_the_match(setup: tuple[Build, RenderContext]) -> None:
     build, ctx = setup
     r = render_board(Board(name="c", compatible=["v,board-c", "v,soc-c"]), [build], ctx)
-    with Fit.from_bytes(blob(ctx, r.names[r.info.artifacts["fit"]])) as fit:
+    with Fit.from_bytes(r.names[r.info.artifacts["fit"]].read()) as fit:
         assert list(fit.configurations) == ["conf-c"]
         assert fit.default == "conf-c"
         assert all(img.hashes for img in fit.images.values())  # sha256 hash-1 everywhere

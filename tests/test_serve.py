@@ -7,18 +7,22 @@ checked with U-Boot's `dumpimage -l` and by re-parsing it.
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from overrided.fit import Fit
+from tests.support.builds import modules_cpio
 from tests.support.fits import dumpimage_list, sample_fit
-from tests.support.serve import Served
-from tests.test_builds import modules_cpio
+from tests.support.serve import REPO, Served
 
 BOARD_A = """
 user = "afa"
@@ -422,17 +426,16 @@ def test_replaced_artifacts_leave_after_the_grace_period(
     shutil.copy(fits[0].parent / "Image", img / "Image")
     shutil.copy(fits[0].parent / "fdt-b.dtb", img / "fdt-b.dtb")
     (srv.boards / "b.toml").write_text('compatible = ["v,board-b"]\nbuild = "img"\n')
+    # The build's FIT is ingested once, as a blob named by its content; boards' FITs are
+    # views over it.
+    old_blob = srv.store / "blobs" / hashlib.sha256(fits[0].read_bytes()).hexdigest()
     with srv:
         old = image_of(srv.tftp_get("afa-devboot-board-a"))
-        blobs = srv.store / "blobs"
-        assert any(p.name.startswith(old[-12:]) for p in blobs.iterdir())
+        assert old_blob.exists()
         drop_build(srv.builds, "b1", fits[1])
         wait_script(srv, "afa-devboot-board-a", r"(?s)^(?!.*" + old + ")")
         srv.wait_for(lambda: srv.served(old) is None, what="old FIT name retired")
-        srv.wait_for(
-            lambda: not any(p.name.startswith(old[-12:]) for p in blobs.iterdir()),
-            what="old FIT blob collected",
-        )
+        srv.wait_for(lambda: not old_blob.exists(), what="old FIT blob collected")
         # Collections have run past the grace period: the Image build's FIT must still be
         # there, so its board renders again (a board file change forces a new render).
         (srv.boards / "b.toml").write_text(
@@ -442,20 +445,13 @@ def test_replaced_artifacts_leave_after_the_grace_period(
         assert srv.served(script_vars(script)["devboot_image"]) is not None
 
 
-def test_hostname_only_board_with_a_big_initrd_is_prepared_aside(
-    tmp_path: Path, fits: tuple[Path, Path]
-) -> None:
-    # A modules CPIO too big to copy while a TFTP request waits (33 MiB > 32 MiB): the first
-    # request is told the board is being prepared, the servers keep answering meanwhile.
-    tree = tmp_path / "tree"
+def _big_modules(tree: Path, out_path: Path, data: bytes) -> None:
+    """A modules CPIO holding one ``big.ko`` of ``data``."""
     ko = tree / "lib/modules/6.19.0/kernel/big.ko"
     ko.parent.mkdir(parents=True)
-    with ko.open("wb") as f:
-        f.truncate(33 << 20)
+    ko.write_bytes(data)
     names = "\n".join(sorted(str(p.relative_to(tree)) for p in tree.rglob("*")))
-    srv = Served(tmp_path / "srv")
-    folder = drop_build(srv.builds, "b1", fits[0])
-    with (folder / "modules-6.19.0-arm64.cpio").open("wb") as out:
+    with out_path.open("wb") as out:
         subprocess.run(
             ["cpio", "-o", "-H", "newc", "--quiet"],
             input=names.encode(),
@@ -463,11 +459,124 @@ def test_hostname_only_board_with_a_big_initrd_is_prepared_aside(
             cwd=tree,
             check=True,
         )
+
+
+def _refusals(log: str) -> str:
+    return "\n".join(line for line in log.splitlines() if "not-found" in line)
+
+
+def test_hostname_only_boards_are_rendered_before_they_ask(
+    tmp_path: Path, fits: tuple[Path, Path]
+) -> None:
+    # A modules CPIO of 33 MiB: rendering a board copies none of it, so every hostname-only
+    # board of the latest build is served on its very first request.
+    srv = Served(tmp_path / "srv")
+    folder = drop_build(srv.builds, "b1", fits[0])
+    modules = folder / "modules-6.19.0-arm64.cpio"
+    _big_modules(tmp_path / "tree", modules, bytes(33 << 20))
     with srv:
-        assert srv.served("none-devboot-board-a") is None
-        # The refusal is logged just after the ERROR packet goes out: wait for the line.
-        srv.wait_for(lambda: "board none/board-a is being prepared from build b1" in srv.log())
-        assert srv.served("none-devboot-nosuch") is None  # others are still answered
-        script = wait_script(srv, "none-devboot-board-a", "configuration conf-a")
+        script = srv.tftp_get("none-devboot-board-a")
+        assert b"configuration conf-a" in script
         initrd = srv.tftp_get(script_vars(script)["devboot_initrd"])
-        assert len(initrd) > 33 << 20
+        assert initrd == modules.read_bytes()
+        # A user the service has not seen yet: held while that user's boards render, then
+        # served (one request, no refusal first).
+        assert b"configuration conf-b" in srv.tftp_get("someone-devboot-board-b")
+        assert "someone-devboot-board-b" not in _refusals(srv.log())
+        # The store holds the build's inputs (and small files), not a copy per board.
+        store_bytes = sum(p.stat().st_size for p in (srv.store / "blobs").iterdir())
+        inputs = sum(p.stat().st_size for p in folder.iterdir())
+        assert store_bytes < inputs * 1.1
+
+
+def test_a_request_during_start_up_is_held_until_its_board_is_served(
+    tmp_path: Path, fits: tuple[Path, Path]
+) -> None:
+    # A start-up long enough to ask during it: a 300 MiB modules CPIO is hashed and ingested
+    # before the first snapshot is published. The request is answered once it is, not refused.
+    srv = Served(tmp_path / "srv")
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    folder = drop_build(srv.builds, "b1", fits[0])
+    _big_modules(tmp_path / "tree", folder / "modules-6.19.0-arm64.cpio", os.urandom(300 << 20))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with srv.log_path.open("ab") as log:
+        srv.proc = subprocess.Popen(
+            srv.command(), cwd=srv.root, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            srv.wait_for(lambda: "tftp listening" in srv.log())
+            early = " ready: " not in srv.log()
+            script = srv.tftp_get("afa-devboot-board-a")
+            assert b"configuration conf-a" in script
+            assert " ready: " in srv.log()
+        finally:
+            srv.proc.terminate()
+            srv.proc.wait(20)
+    assert early, "start-up ended before the request: nothing was held"
+    assert "afa-devboot-board-a" not in _refusals(srv.log())
+
+
+def _fetch_board(srv: Served, source: str) -> tuple[bytes, bytes, bytes] | None:
+    """What one board at address ``source`` reads: its script, the FIT by barebox's ``boot
+    net`` name, then the FIT by the versioned name the script says it is."""
+    script = curl_tftp(srv, "afa-devboot-board-a", source)
+    if script is None:
+        return None
+    fit = curl_tftp(srv, "afa-linux-board-a", source)
+    named = curl_tftp(srv, image_of(script), source)
+    if fit is None or named is None:
+        return None
+    return script, fit, named
+
+
+def test_rebuild_in_place_while_20_boards_read_gives_each_one_whole_build(
+    tmp_path: Path, fits: tuple[Path, Path]
+) -> None:
+    # Two FITs of 12 MiB kernels; `make image.fit` rewrites the build's FIT in place (same
+    # inode, O_TRUNC) while 20 boards, each from its own address, read script and FIT.
+    parts = sample_fit(tmp_path / "parts").fit.parent
+    made = []
+    for i in (1, 2):
+        kernel = tmp_path / f"Image{i}"
+        kernel.write_bytes(os.urandom(12 << 20))
+        out = tmp_path / f"big{i}.fit"
+        subprocess.run(
+            [
+                sys.executable, "-m", "overrided", "fit", "build", "--kernel", str(kernel),
+                "--dtbs", str(parts / "fdt-a.dtb"), "-o", str(out),
+            ],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+        )  # fmt: skip
+        made.append(out)
+    srv = Served(tmp_path / "srv")
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    folder = drop_build(srv.builds, "b1", made[0])
+    with srv:
+        old_script = srv.tftp_get("afa-devboot-board-a")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+            jobs = [pool.submit(_fetch_board, srv, f"127.0.0.{10 + i}") for i in range(20)]
+            time.sleep(0.3)  # the transfers are under way
+            with (folder / "image.fit").open("r+b") as f:  # in place, as make does
+                f.truncate(0)
+                f.write(made[1].read_bytes())
+            got = [j.result(timeout=120) for j in jobs]
+        new_script = wait_script(
+            srv, "afa-devboot-board-a", r"(?s)^(?!.*" + image_of(old_script) + ")"
+        )
+    old_fit = srv.root / "old.fit"
+    assert all(g is not None for g in got), srv.log()[-4000:]
+    builds = set()
+    for script, fit, named in (g for g in got if g is not None):
+        # One build per board: the FIT it booted is the one its script names, byte for byte.
+        assert fit == named
+        builds.add(image_of(script))
+    assert builds <= {image_of(old_script), image_of(new_script)}
+    # The boards that read the old build got its bytes, whole: the store's copy, not the
+    # rewritten file.
+    old_fit.write_bytes(
+        next(g[1] for g in got if g is not None and image_of(g[0]) == image_of(old_script))
+    )
+    assert "sha256" in dumpimage_list(old_fit)
+    assert b"kernel" in old_fit.read_bytes()[:4096]
