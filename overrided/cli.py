@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overrided.commands.serve",
     "overrided.commands.boards",
     "overrided.commands.keys",
+    "overrided.commands.store",
 )
 
 
