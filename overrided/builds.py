@@ -25,6 +25,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -502,12 +503,29 @@ def index_build(
 
 
 def _index(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache | None) -> Build:
-    from overrided.kernel import release_of_image
-
     if inputs.fit is None and inputs.kernel is None:
         raise BuildError(f"{name}: no image.fit and no Image/Image.gz/zImage found")
     if inputs.fit is None and not inputs.dtbs:
         raise BuildError(f"{name}: {inputs.kernel}: a kernel without any *.dtb files")
+    modules = tuple(sorted(inputs.modules))
+    # The modules CPIOs (hundreds of MB) are ingested on a thread of their own, while the FIT is
+    # ingested and parsed here: the copies run in the kernel, without the GIL.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-{name}") as pool:
+        module_jobs = [pool.submit(store.ingest, m) for m in modules]
+        build = _index_fit(name, path, inputs, store, fits)
+        try:
+            module_blobs = tuple(job.result() for job in module_jobs)
+        except StoreError as err:
+            raise BuildError(f"{name}: {err}") from None
+    build = dataclasses.replace(build, modules=modules, module_blobs=module_blobs)
+    store.record_build(name, build.blobs())
+    return build
+
+
+def _index_fit(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache | None) -> Build:
+    """The build as its FIT (or ``Image`` and DTBs) makes it: ingested, parsed; no modules."""
+    from overrided.kernel import release_of_image
+
     release: str | None = None
     arch: str | None = None
     kernel_blob: Blob | None = None
@@ -536,28 +554,19 @@ def _index(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache |
             release = release_in_modules_cpio(m) or release_of_modules_name(m.name)
             if release:
                 break
-    modules = tuple(sorted(inputs.modules))
-    try:
-        module_blobs = tuple(store.ingest(m) for m in modules)
-    except StoreError as err:
-        raise BuildError(f"{name}: {err}") from None
-    build = Build(
+    return Build(
         name=name,
         path=path,
         fit=fit,
         kernel=inputs.kernel,
         dtbs=tuple(inputs.dtbs),
-        modules=modules,
         release=release,
         arch=arch,
         configurations=configs,
         mtime=_newest(inputs.files()),
         fit_blob=fit_blob,
         kernel_blob=kernel_blob,
-        module_blobs=module_blobs,
     )
-    store.record_build(name, build.blobs())
-    return build
 
 
 def build_folders(builds_dir: Path) -> list[Path]:
