@@ -16,6 +16,7 @@ less than ``quiet`` seconds ago are waited for instead. Either way a FIT that fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -588,6 +589,7 @@ class Changes:
 
     builds: frozenset[str]
     boards: bool
+    everything: bool = False  # a watched folder was replaced: look at every build again
 
 
 def classify(paths: Iterable[Path], builds_dir: Path, boards_dir: Path) -> Changes:
@@ -606,6 +608,18 @@ def classify(paths: Iterable[Path], builds_dir: Path, boards_dir: Path) -> Chang
     return Changes(frozenset(builds), boards)
 
 
+# How often the watcher checks that the folders it watches are still the same folders (s).
+_RECHECK = 1.0
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 async def watch(
     builds_dir: Path,
     boards_dir: Path,
@@ -616,20 +630,59 @@ async def watch(
     """Debounced batches of changes below the two folders, until ``stop`` is set.
 
     watchfiles groups changes until no new one arrives for ``step_ms`` (at most 5 s), so a
-    ``make`` writing hundreds of files yields one batch.
+    ``make`` writing hundreds of files yields one batch. A folder that is removed (and made
+    again), replaced, or made after the start is watched anew within a second, and reported
+    as ``Changes(everything=True)``: the kernel's watch of a removed folder is gone for good.
     """
-    roots = [p for p in (builds_dir, boards_dir) if p.is_dir()]
-    if not roots:
-        return
     b_root, d_root = builds_dir.resolve(), boards_dir.resolve()
 
     def wanted(change: watchfiles.Change, raw: str) -> bool:
         # A dot-file (upload in progress) only matters once renamed, which is its own event.
         return not Path(raw).name.startswith(".")
 
-    async for batch in watchfiles.awatch(
-        *roots, watch_filter=wanted, step=step_ms, debounce=5000, stop_event=stop
-    ):
-        changes = classify((Path(p) for _, p in batch), b_root, d_root)
-        if changes.builds or changes.boards:
-            yield changes
+    first = True
+    while not stop.is_set():
+        folders = (builds_dir, boards_dir)
+        seen = [_identity(p) for p in folders]
+        roots = [p for p, ident in zip(folders, seen, strict=True) if ident is not None]
+        if not first:
+            log.warning(
+                "watch: %s changed (removed, replaced or made): watching %s anew",
+                " or ".join(display(p) for p in folders),
+                ", ".join(display(p) for p in roots) or "nothing until one exists",
+            )
+            yield Changes(frozenset(), True, everything=True)
+        first = False
+        if not roots:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _RECHECK)
+            if [_identity(p) for p in folders] == seen:
+                first = True  # nothing to say again until something changes
+            continue
+        try:
+            async for batch in watchfiles.awatch(
+                *roots,
+                watch_filter=wanted,
+                step=step_ms,
+                debounce=5000,
+                stop_event=stop,
+                rust_timeout=int(_RECHECK * 1000),
+                yield_on_timeout=True,
+            ):
+                if [_identity(p) for p in folders] != seen:
+                    break
+                changes = classify((Path(p) for _, p in batch), b_root, d_root)
+                if changes.builds or changes.boards:
+                    yield changes
+        except (OSError, RuntimeError) as err:  # the watched folder went away under it
+            log.warning("watch: %s", err)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _RECHECK)
+
+
+def display(path: Path) -> str:
+    """A folder's name for messages: relative to the working folder when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -119,7 +119,8 @@ class OverridedService:
             stop=self._stop,
         ):
             try:
-                await self.refresh(set(changes.builds), boards=changes.boards)
+                changed = None if changes.everything else set(changes.builds)
+                await self.refresh(changed, boards=changes.boards)
             except Exception:  # keep watching whatever one refresh did
                 log.exception("refresh failed")
 

@@ -580,3 +580,20 @@ def test_rebuild_in_place_while_20_boards_read_gives_each_one_whole_build(
     )
     assert "sha256" in dumpimage_list(old_fit)
     assert b"kernel" in old_fit.read_bytes()[:4096]
+
+
+def test_builds_folder_removed_and_made_again_is_watched_again(
+    tmp_path: Path, fits: tuple[Path, Path]
+) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    drop_build(srv.builds, "b1", fits[0])
+    with srv:
+        first = srv.tftp_get("afa-devboot-board-a")
+        assert b"build b1" in first
+        shutil.rmtree(srv.builds)
+        srv.wait_for(lambda: "watching" in srv.log() and "anew" in srv.log(), what="re-watch")
+        srv.builds.mkdir()
+        drop_build(srv.builds, "b2", fits[1])
+        # A build copied into the new folder is indexed and served as before.
+        wait_script(srv, "afa-devboot-board-a", "build b2")
