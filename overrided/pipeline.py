@@ -332,6 +332,18 @@ def _render_files(
         try:
             r = render_board(board, usable, env.ctx)
         except OverridedError as err:  # RenderError, FitError, CpioError, KeyStoreError...
+            if kept is not None and kept.info.build in builds:
+                # A new build or board setting that fails to render must not take the board
+                # offline: it keeps what it had, from a build that is still there.
+                note = f"{err}; serving its previous render (build {kept.info.build}) meanwhile"
+                shown = previous.infos.get(board.name, kept.info)
+                if shown.error != note:
+                    log.warning("board %s: %s", board.name, note)
+                    data = {"duration": time.monotonic() - t0, "error": note, "kept": True}
+                    events.append(Event(kind="board-failed", board=board.name, data=data))
+                renders[board.name] = kept
+                infos[board.name] = shown.model_copy(update={"error": note, "file": file})
+                continue
             info = BoardInfo(
                 name=board.name,
                 hostname=board.hostname,

@@ -454,7 +454,10 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
     initrd_blobs = _initrd_parts(board, build, ctx) if board.initrd else []
     if initrd_blobs:
         stable = net_name(u, "initramfs", h) if board.init else None
-        view, initrd_warnings = initrd_view(initrd_blobs, build.release, ctx)
+        try:
+            view, initrd_warnings = initrd_view(initrd_blobs, build.release, ctx)
+        except OverridedError as err:  # a broken CPIO: say which of the build's files
+            raise RenderError(_named([str(err)], initrd_blobs, build, board)[0]) from None
         initrd_name = publish("initrd", view, stable=stable)
         warnings += _named(initrd_warnings, initrd_blobs, build, board)
     if board.signed_images_forced:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -597,3 +598,31 @@ def test_builds_folder_removed_and_made_again_is_watched_again(
         drop_build(srv.builds, "b2", fits[1])
         # A build copied into the new folder is indexed and served as before.
         wait_script(srv, "afa-devboot-board-a", "build b2")
+
+
+def test_a_build_that_fails_to_render_keeps_the_previous_render_served(
+    tmp_path: Path, fits: tuple[Path, Path], modules: Path
+) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    drop_build(srv.builds, "b1", fits[0], modules)
+    with srv:
+        old = srv.tftp_get("afa-devboot-board-a")
+        assert b"build b1" in old
+        # A newer build whose modules CPIO was cut short (a failed copy): its archive claims
+        # more bytes than the file holds.
+        cut = tmp_path / modules.name
+        cut.write_bytes(modules.read_bytes()[: modules.stat().st_size * 2 // 3])
+        drop_build(srv.builds, "b2", fits[1], cut)
+
+        def failed() -> dict[str, Any] | None:
+            boards = {b["name"]: b for b in srv.api("/api/boards")}
+            error = boards["a"].get("error") or ""
+            return boards["a"] if "b2" in srv.log() and "previous render" in error else None
+
+        info = srv.wait_for(failed, what="board a's failed render of b2")
+        assert info["build"] == "b1"
+        assert "modules-6.19.0-arm64.cpio" in info["error"]
+        # The board is not offline: it still gets build b1, whole.
+        assert srv.tftp_get("afa-devboot-board-a") == old
+        assert srv.served(image_of(old)) is not None
