@@ -375,9 +375,21 @@ def configurations_of(
     fit_path: Path, fits: FitCache | None = None, shown: Path | None = None
 ) -> tuple[tuple[ConfigInfo, ...], str | None, str | None]:
     """The FIT's configurations as the API shows them, its kernel arch and its kernel release
-    (``shown``: the name messages give the file)."""
+    (``shown``: the name messages give the file). A FIT whose image data does not match its
+    hash nodes is refused (``BuildError``): the bootloaders would refuse it at boot."""
+    from overrided.fit.hashes import hash_mismatches
 
     fit = fits.open(fit_path, shown) if fits is not None else open_fit(fit_path, shown)
+    bad = hash_mismatches(fit)
+    if bad:
+        if fits is None:
+            fit.close()
+        else:
+            fits.drop(fit_path)
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise BuildError(
+            f"{shown or fit_path}: {bad[0]}{more}; barebox and U-Boot refuse such an image"
+        )
     configs: list[ConfigInfo] = []
     arch: str | None = None
     for name, conf in fit.configurations.items():

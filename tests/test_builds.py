@@ -405,3 +405,24 @@ def test_modules_written_before_the_fit_are_hashed_while_it_is_written(
         assert index_build(b, store, hash_modules=True).writing == (late,)
         store.digests.settle()
         assert store.digests.peek(late) is None
+
+
+def test_a_fit_whose_image_data_does_not_match_its_hash_is_refused(
+    tmp_path: Path, sample: Path
+) -> None:
+    from overrided.fit import Fit
+
+    data = bytearray(sample.read_bytes())
+    with Fit.from_bytes(bytes(data)) as fit:
+        kernel = fit.images["kernel"]
+        assert kernel.hashes, "the sample FIT's images carry hash nodes"
+        at = kernel.data_start + kernel.size // 2
+    data[at] ^= 0xFF  # one flipped bit of payload: the structure still parses
+    b = tmp_path / "builds" / "bad"
+    b.mkdir(parents=True)
+    (b / "image.fit").write_bytes(bytes(data))
+    build = index_build(b, Store(tmp_path / "st"))
+    assert not build.usable
+    assert build.error is not None
+    assert "image.fit: /images/kernel/hash-1: sha256 mismatch" in build.error
+    assert "refuse" in build.error

@@ -12,7 +12,7 @@ import zlib
 
 import libfdt
 
-from overrided.fit.model import FitError
+from overrided.fit.model import Fit, FitError
 
 # fit.md §1.1: the algorithms both bootloaders know for hash-N/algo.
 HASH_ALGOS: tuple[str, ...] = ("crc32", "md5", "sha1", "sha256", "sha384", "sha512")
@@ -122,3 +122,26 @@ def add_missing_hashes(blob: bytes, algo: str = "sha256") -> bytes:
             fdt.setprop_u32(img, "data-position", position.as_uint32() + new_end - old_end)
     head = bytes(fdt.as_bytearray())
     return head + bytes(new_end - len(head)) + tail
+
+
+def hash_mismatches(fit: Fit) -> list[str]:
+    """Every image hash node of `fit` whose value is not the digest of the image's data, as
+    ``/images/<unit>/<node>: <algo> mismatch: …`` (barebox and U-Boot refuse such an image).
+
+    Digests are remembered in ``fit.digests``, where trims that add ``hash-1`` look too.
+    Algorithms neither bootloader knows are left alone.
+    """
+    found = []
+    for unit, image in fit.images.items():
+        for node, algo, value in image.hashes:
+            if algo not in HASH_ALGOS or image.data_location == "missing":
+                continue
+            key = (unit, algo)
+            if key not in fit.digests:
+                fit.digests[key] = digest(algo, image.data())
+            if fit.digests[key] != value:
+                found.append(
+                    f"/images/{unit}/{node}: {algo} mismatch: stored {value.hex()[:12]}…, "
+                    f"the data has {fit.digests[key].hex()[:12]}…"
+                )
+    return found
