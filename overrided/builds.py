@@ -506,7 +506,12 @@ def index_build(
                 # The hash runs in another process (HashProcess), beside the FIT parse.
                 store.digests.start(m)
         stamp = tuple(f"{p}:{fingerprint(p)}" for p in inputs.files())
-        if previous is not None and previous.usable and previous.stamp == stamp:
+        if (
+            previous is not None
+            and previous.usable
+            and previous.stamp == stamp
+            and all(store.blob(d) is not None for d in previous.blobs().values())
+        ):
             return previous
         return dataclasses.replace(_index(name, path, inputs, store, fits), stamp=stamp)
     except OverridedError as err:

@@ -262,6 +262,16 @@ class RenderContext:
             found = self.memo.files[path] = self.store.ingest(path)
         return found
 
+    def forget(self, digests: Sequence[str]) -> None:
+        """Drop whatever was read from these blobs (parsed FITs, CPIO members): their bytes
+        were found corrupt."""
+        for digest in digests:
+            found = self.parts.pop(digest, None)
+            if found is not None:
+                found.close()
+            self._inspections.pop(digest, None)
+        self.fits.retain({p.blob.digest for p in self.parts.values()})
+
     def retire(self, live: set[str]) -> None:
         """Close the parts of builds whose FIT digest is not in ``live`` (all, and the
         inspection thread, when ``live`` is empty)."""

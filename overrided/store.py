@@ -348,6 +348,8 @@ class Store:
             raise StoreError(f"{root}: cannot create the store folder: {err}") from None
         self.digests = FileDigests()
         self._dead_since: dict[str, float] = {}
+        # Blobs whose bytes were checked against their name since this process started.
+        self._verified: set[str] = set()
 
     def path_of(self, digest: str) -> Path:
         """Where the blob with this digest lives."""
@@ -367,6 +369,34 @@ class Store:
         fd, name = tempfile.mkstemp(dir=self.tmp, suffix=suffix)
         os.close(fd)
         return Path(name)
+
+    def verify(self, digest: str) -> bool | None:
+        """Whether the blob still holds the bytes its name promises, hashed now (big ones by
+        the hash process). One that does not (a flipped bit on disk, a hand edit) is moved out
+        of ``blobs/`` into ``tmp/``, so it is neither served nor reused again, and logged; the
+        build it came from is then ingested anew. ``None``: no such blob."""
+        path = self.path_of(digest)
+        try:
+            actual = self.digests.hash(path)
+        except FileNotFoundError:
+            return None
+        if actual == digest:
+            self._verified.add(digest)
+            return True
+        self._verified.discard(digest)
+        with contextlib.suppress(OSError):
+            os.replace(path, self.tmp / f"corrupt-{digest}")
+        log.error(
+            "store: blob %s is corrupt (its bytes hash to %s): taken out of service; "
+            "its build is read again from its folder",
+            digest[:12],
+            actual[:12],
+        )
+        return False
+
+    def verified(self, digest: str) -> bool:
+        """Whether ``verify`` (or an ingest that copied it) checked the blob in this process."""
+        return digest in self._verified
 
     def adopt(self, path: Path, digest: str | None = None) -> Blob:
         """Move a finished temp file into the store under its content hash (``digest``, when
@@ -405,7 +435,9 @@ class Store:
             before = os.fstat(src.fileno())
             digest = self.digests.of(source, here=here)
             existing = self.blob(digest)
-            if existing is not None:
+            # A blob stored before is reused once its bytes were checked in this process
+            # (then it is copied anew if they no longer match).
+            if existing is not None and (digest in self._verified or self.verify(digest)):
                 self._dead_since.pop(digest, None)
                 return existing
             tmp = self.temp_path()
@@ -422,7 +454,9 @@ class Store:
         if _changed(before, after) or tmp.stat().st_size != before.st_size:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"{source}: changed while it was ingested; it is read again")
-        return self.adopt(tmp, digest)
+        blob = self.adopt(tmp, digest)
+        self._verified.add(digest)  # the copy of the bytes just hashed, unchanged meanwhile
+        return blob
 
     put_file = ingest
 

@@ -626,3 +626,30 @@ def test_a_build_that_fails_to_render_keeps_the_previous_render_served(
         # The board is not offline: it still gets build b1, whole.
         assert srv.tftp_get("afa-devboot-board-a") == old
         assert srv.served(image_of(old)) is not None
+
+
+def test_a_corrupt_blob_is_found_and_its_build_read_again(
+    tmp_path: Path, fits: tuple[Path, Path], modules: Path
+) -> None:
+    srv = Served(tmp_path)
+    (srv.boards / "a.toml").write_text(BOARD_A)
+    drop_build(srv.builds, "b1", fits[0], modules)
+    with srv:
+        script = srv.tftp_get("afa-devboot-board-a")
+        initrd_name = script_vars(script)["devboot_initrd"].lstrip(":")
+        good = srv.tftp_get(initrd_name)
+    # A bit flips in the store's copy of the modules CPIO while the service is down.
+    blob = srv.store / "blobs" / hashlib.sha256(modules.read_bytes()).hexdigest()
+    blob.chmod(0o644)
+    with blob.open("r+b") as f:
+        f.seek(blob.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x01]))
+    blob.chmod(0o444)
+    with srv:
+        srv.wait_for(lambda: "is corrupt" in srv.log(), what="the corrupt blob found")
+        # Read again from the build folder: the same name serves the right bytes again.
+        got = srv.wait_for(lambda: srv.served(initrd_name) == good or None, what="good initrd")
+        assert got
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
