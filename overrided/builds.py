@@ -626,7 +626,7 @@ def classify(paths: Iterable[Path], builds_dir: Path, boards_dir: Path) -> Chang
 
 
 # How often the watcher checks that the folders it watches are still the same folders (s).
-_RECHECK = 1.0
+_RECHECK = 0.25
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -643,13 +643,18 @@ async def watch(
     *,
     step_ms: int,
     stop: asyncio.Event,
+    watching: asyncio.Event | None = None,
 ) -> AsyncIterator[Changes]:
     """Debounced batches of changes below the two folders, until ``stop`` is set.
 
+    ``watching`` is set once the folders are watched; the first batch then says
+    ``everything``, for what landed before the watch began.
+
     watchfiles groups changes until no new one arrives for ``step_ms`` (at most 5 s), so a
     ``make`` writing hundreds of files yields one batch. A folder that is removed (and made
-    again), replaced, or made after the start is watched anew within a second, and reported
-    as ``Changes(everything=True)``: the kernel's watch of a removed folder is gone for good.
+    again), replaced, or made after the start is watched anew within ``_RECHECK`` seconds and
+    reported as ``Changes(everything=True)``: the kernel's watch of a removed folder is gone
+    for good.
     """
     b_root, d_root = builds_dir.resolve(), boards_dir.resolve()
 
@@ -688,6 +693,10 @@ async def watch(
             ):
                 if [_identity(p) for p in folders] != seen:
                     break
+                if watching is not None and not watching.is_set():
+                    watching.set()
+                    yield Changes(frozenset(), True, everything=True)
+                    continue
                 changes = classify((Path(p) for _, p in batch), b_root, d_root)
                 if changes.builds or changes.boards:
                     yield changes

@@ -73,6 +73,7 @@ class OverridedService:
         self.pins = Pins(idle=settings.pin_idle, limit=settings.grace)
         self._lock = asyncio.Lock()  # one refresh (or collection) at a time
         self._stop = asyncio.Event()
+        self._watching = asyncio.Event()  # set once the folders are watched
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         # Changes waiting for the next refresh, and whether one is queued or running.
@@ -94,9 +95,13 @@ class OverridedService:
         """Index everything once, publish, and start watching the two folders."""
         self.builds_dir.mkdir(parents=True, exist_ok=True)
         self.store.digests.process.start()  # not at the first new build, which waits for it
+        # The watch begins first, so that nothing landing during the first index goes unseen;
+        # once it is in place, everything is looked at once more (unchanged builds cost a stat).
+        self._tasks.append(asyncio.create_task(self._watch(), name="watch"))
         await self.refresh(None, boards=True)
         self._started = True
-        self._tasks.append(asyncio.create_task(self._watch(), name="watch"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._watching.wait(), 10.0)
         self._tasks.append(asyncio.create_task(self._collect(), name="gc"))
         self._tasks.append(asyncio.create_task(self._verify(), name="verify"))
 
@@ -121,6 +126,7 @@ class OverridedService:
             self.boards_dir,
             step_ms=self.settings.debounce_ms,
             stop=self._stop,
+            watching=self._watching,
         ):
             try:
                 changed = None if changes.everything else set(changes.builds)
