@@ -25,7 +25,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -460,8 +460,12 @@ def index_build(
     fits: FitCache | None = None,
     hash_modules: bool = False,
     previous: Build | None = None,
+    ingested: Callable[[Blob], object] | None = None,
 ) -> Build:
     """Index one build folder; problems become ``Build.error``, never exceptions.
+
+    ``ingested`` is called with each modules CPIO's blob as soon as it is stored, on the
+    thread that stored it (the renders that follow read its members).
 
     ``previous`` (the folder's last usable index) is returned as it is when no input file was
     added, removed or changed since (``store.fingerprint``): the watcher reports a build again
@@ -513,14 +517,22 @@ def index_build(
             and all(store.blob(d) is not None for d in previous.blobs().values())
         ):
             return previous
-        return dataclasses.replace(_index(name, path, inputs, store, fits), stamp=stamp)
+        built = _index(name, path, inputs, store, fits, ingested)
+        return dataclasses.replace(built, stamp=stamp)
     except OverridedError as err:
         return Build(name=name, path=path, error=str(err))
     except OSError as err:
         return Build(name=name, path=path, error=f"{name}: {err.strerror}: {err.filename}")
 
 
-def _index(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache | None) -> Build:
+def _index(
+    name: str,
+    path: Path,
+    inputs: Inputs,
+    store: Store,
+    fits: FitCache | None,
+    ingested: Callable[[Blob], object] | None = None,
+) -> Build:
     if inputs.fit is None and inputs.kernel is None:
         raise BuildError(f"{name}: no image.fit and no Image/Image.gz/zImage found")
     if inputs.fit is None and not inputs.dtbs:
@@ -529,7 +541,7 @@ def _index(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache |
     # The modules CPIOs (hundreds of MB) are ingested on a thread of their own, while the FIT is
     # ingested and parsed here: the copies run in the kernel, without the GIL.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-{name}") as pool:
-        module_jobs = [pool.submit(store.ingest, m) for m in modules]
+        module_jobs = [pool.submit(_ingest, store, m, ingested) for m in modules]
         build = _index_fit(name, path, inputs, store, fits)
         try:
             module_blobs = tuple(job.result() for job in module_jobs)
@@ -538,6 +550,13 @@ def _index(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache |
     build = dataclasses.replace(build, modules=modules, module_blobs=module_blobs)
     store.record_build(name, build.blobs())
     return build
+
+
+def _ingest(store: Store, path: Path, then: Callable[[Blob], object] | None) -> Blob:
+    blob = store.ingest(path)
+    if then is not None:
+        then(blob)
+    return blob
 
 
 def _index_fit(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache | None) -> Build:

@@ -124,7 +124,9 @@ class Refreshed:
 def refresh(previous: Snapshot, changes: Changes, env: Env) -> Refreshed:
     """The next snapshot: index, load boards, render everything, make the catalog."""
     events: list[Event] = []
+    t0 = time.monotonic()
     builds, rejected, writing = _index(previous, changes, env, events)
+    t_index = time.monotonic() - t0
     if changes.boards:
         boards, board_errors = load_boards(env.boards_dir)
         boards_t = tuple(boards)
@@ -145,8 +147,17 @@ def refresh(previous: Snapshot, changes: Changes, env: Env) -> Refreshed:
     for build in builds.values():
         for blob in build.module_blobs:
             env.ctx.inspect_soon(blob)  # read beside the renders that do not need it
+    t1 = time.monotonic()
     renders, infos = _render_files(previous, boards_t, builds, rejected, env, events)
     hostname_renders = _render_hostnames(builds, boards_t, frozenset(users), env)
+    log.info(
+        "refresh: indexed %s in %.3fs, rendered %d boards and %d hostname-only boards in %.3fs",
+        "every build" if changes.builds is None else ", ".join(sorted(changes.builds)) or "none",
+        t_index,
+        len(renders),
+        len(hostname_renders),
+        time.monotonic() - t1,
+    )
     # FIT mappings of builds that are gone are released.
     env.ctx.retire({b.fit_blob.digest for b in builds.values() if b.fit_blob is not None})
     draft = Snapshot(
@@ -262,6 +273,7 @@ def _index_one(
         hash_modules=changes.builds is not None,
         previous=previous,
         fits=env.ctx.fits,  # the renders that follow use this parse
+        ingested=env.ctx.inspect_soon,  # their members are read while the FIT is parsed
     )
     duration = time.monotonic() - t0
     if build.writing:
