@@ -1,9 +1,9 @@
 """Fixtures for real boots: Debian's arm64 kernel and busybox, and ``overrided serve`` in a netns.
 
-QEMU's user network answers 10.0.2.2:69 with its own TFTP server, and U-Boot always sends to
-port 69, so each test gets a network namespace with 10.0.2.4/32 on ``lo``; ``overrided serve``
-(TFTP on 0.0.0.0:69) and QEMU both run inside it, and U-Boot reaches 10.0.2.4 through QEMU's
-gateway (netmask /32: no ARP needed).
+QEMU's user network (here on 192.0.2.0/24) answers its gateway's port 69 with its own TFTP
+server, and U-Boot always sends to port 69, so each test gets a network namespace with
+192.0.2.4/32 on ``lo``; ``overrided serve`` (TFTP on 0.0.0.0:69) and QEMU both run inside it,
+and U-Boot reaches 192.0.2.4 through QEMU's gateway (netmask /32: no ARP needed).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.support.netns import Netns
 from tests.support.serve import REPO, Served
 from tests.support.uboot import UBoot, user_netdev
 
-SERVER_IP = "10.0.2.4"
+SERVER_IP = "192.0.2.4"
 HTTP_PORT = 8080
 BOARD = "qemu-virt"
 MAC = "52:54:00:12:34:56"  # QEMU's default NIC address; boards/qemu-virt.toml names it too

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.serve import REPO
-from tests.support.uboot import QEMU, CommandResult, UBoot
+from tests.support.uboot import QEMU, SLIRP_NET, CommandResult, UBoot
 
 DIR_VAR = "OVERRIDED_BAREBOX_DIR"
 REQUIRE_VAR = "OVERRIDED_REQUIRE_BAREBOX"
@@ -57,7 +57,7 @@ MACHINE_ARGS: tuple[str, ...] = (
 # QEMU's user network on documentation addresses (RFC 5737): the guest gets .15 by DHCP, .2 is
 # the gateway. No ``tftp=``: QEMU's own TFTP server stays off. Guest packets to other
 # addresses leave from QEMU's sockets in QEMU's network namespace (127.0.0.1 included).
-SLIRP = "user,id=n0,net=192.0.2.0/24,host=192.0.2.2,dhcpstart=192.0.2.15"
+SLIRP = f"user,id=n0,{SLIRP_NET}"
 
 AUTOBOOT = "Hit m for menu or any to stop autoboot"
 PS1_WORDS = ('"@ovd-"', '"bb> "')  # typed as PS1="@ovd-""bb> "

@@ -65,13 +65,18 @@ def qemu_command(
     return argv
 
 
+# QEMU's user network on 192.0.2.0/24 (its default is 10.0.2.0/24).
+SLIRP_NET = "net=192.0.2.0/24,host=192.0.2.2,dhcpstart=192.0.2.15"
+
+
 def user_netdev(*, mac: str | None = None, hostfwd: Sequence[str] = ()) -> list[str]:
-    """QEMU args for a virtio NIC on user networking (guest 10.0.2.15, gateway 10.0.2.2).
+    """QEMU args for a virtio NIC on user networking, on a documentation subnet (guest
+    192.0.2.15, gateway 192.0.2.2).
 
     Guest traffic to addresses other than the gateway is sent from QEMU's own sockets, so a
     server in QEMU's network namespace is reachable at any address that namespace owns.
     """
-    netdev = "user,id=net0" + "".join(f",hostfwd={h}" for h in hostfwd)
+    netdev = f"user,id=net0,{SLIRP_NET}" + "".join(f",hostfwd={h}" for h in hostfwd)
     dev = "virtio-net-device,netdev=net0" + (f",mac={mac}" if mac else "")
     return ["-netdev", netdev, "-device", dev]
 
