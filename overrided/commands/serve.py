@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="upload token (env OVERRIDED_TOKEN; default: created once in the store)",
     )
     p.add_argument("--max-upload", type=int, default=d.max_upload, help="upload size limit")
+    p.add_argument(
+        "--http-timeout",
+        type=float,
+        default=None,
+        help="seconds an HTTP client may take to send a request head, or pause in an upload "
+        "body, before it is dropped (default 60)",
+    )
     p.add_argument("--public-url", help="base URL clients use for HTTP (iPXE scripts)")
     p.add_argument(
         "--grace",
@@ -100,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM."""
     settings = settings_of(args)
     check_keys_outside_roots(settings)
-    asyncio.run(serve(settings))
+    if args.http_timeout is not None and args.http_timeout <= 0:
+        raise ServeError(f"--http-timeout {args.http_timeout:g}: give a number of seconds above 0")
+    asyncio.run(serve(settings, http_timeout=args.http_timeout))
     return 0
 
 
@@ -113,8 +122,11 @@ def _http_base(settings: Settings, port: int) -> str:
     return f"http://{host}:{port}/"
 
 
-async def serve(settings: Settings) -> None:
-    """Start the service and both servers, print the ready line, stop cleanly on a signal."""
+async def serve(settings: Settings, *, http_timeout: float | None = None) -> None:
+    """Start the service and both servers, print the ready line, stop cleanly on a signal.
+
+    ``http_timeout``: see ``--http-timeout`` (``None``: the HTTP side's default).
+    """
     from overrided.service import OverridedService
     from overrided.tftp import TftpServer
 
@@ -141,6 +153,7 @@ async def serve(settings: Settings) -> None:
         from aiohttp import web
 
         from overrided.http import load_or_create_token, make_app
+        from overrided.http.app import DEFAULT_TIMEOUT, make_runner
 
         token = settings.token
         if not token:
@@ -151,8 +164,9 @@ async def serve(settings: Settings) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-        app = make_app(service, token=token, max_upload=settings.max_upload)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        timeout = DEFAULT_TIMEOUT if http_timeout is None else http_timeout
+        app = make_app(service, token=token, max_upload=settings.max_upload, body_timeout=timeout)
+        runner = make_runner(app, timeout=timeout)
         await runner.setup()
         site = web.TCPSite(runner, settings.http_addr, settings.http_port)
         try:

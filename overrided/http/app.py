@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+
 from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from overrided.http import api, events, files, openapi, uploads
 from overrided.http.context import MAX_UPLOAD, SERVICE, STREAMS, TOKEN, UPLOAD_LOCKS
@@ -11,8 +15,14 @@ from overrided.http.metrics import METRICS, Metrics, serve_metrics
 from overrided.http.token import bearer_matches
 from overrided.state import Service
 
+log = logging.getLogger(__name__)
+
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 DEFAULT_MAX_UPLOAD = 1 << 30
+# Seconds a client may take to send a request's headers (or sit idle between requests), and the
+# longest pause allowed inside an upload body; ``overrided serve --http-timeout``.
+DEFAULT_TIMEOUT = 60.0
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def refusal(request: web.Request) -> web.Response | None:
@@ -29,6 +39,97 @@ def refusal(request: web.Request) -> web.Response | None:
         "it and keeps it in <store>/token, .overrided/token by default)",
         # RFC 6750 §3: a protected resource answers 401 with a Bearer challenge.
         headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="overrided"'},
+    )
+
+
+@web.middleware
+async def faults_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """JSON for what ``errors_as_json`` lets through, never aiohttp's text/plain 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as err:
+        if request.writer.output_size > 0:
+            raise  # the answer has begun: only dropping the connection is left (aiohttp does)
+        return fault_answer(request, err)
+
+
+def fault_answer(request: web.Request, err: Exception) -> web.Response:
+    """The answer to an exception no handler turned into one, logged in proportion: a client
+    that broke an upload off is one warning line (and the connection is closed), a full disk is
+    507, anything else is a bug: 500, logged with its traceback."""
+    where = f"{request.method} {request.raw_path} from {request.remote}"  # raw: no newlines
+    if isinstance(err, uploads.ClientFault):
+        log.warning("%s: %s", where, err)
+        return _closing(json_error(err.status, str(err)))
+    if isinstance(err, ConnectionError):  # the client left while we answered: nobody to tell
+        log.info("%s: connection lost (%s)", where, err)
+        return _closing(json_error(400, "connection lost"))
+    if isinstance(err, OSError) and err.errno in _DISK_FULL:
+        log.warning("%s: %s", where, err)
+        return json_error(
+            507,
+            f"the server's disk is full ({err.strerror}): nothing stored, previous files kept; "
+            "free space on the server (old builds: DELETE /api/builds/<build>)",
+        )
+    log.error("%s: unexpected error", where, exc_info=err)
+    return json_error(
+        500,
+        f"internal error ({type(err).__name__}) answering {request.method} {request.path}; "
+        "the server log has the details",
+    )
+
+
+def _closing(response: web.Response) -> web.Response:
+    # The request was broken off, so the connection is not reused (after a 408, RFC 9110
+    # §15.5.9 says the server closes it).
+    response.force_close()
+    return response
+
+
+class ClientFaultLog(logging.Filter):
+    """One line instead of a traceback when aiohttp logs a client's fault: a malformed request
+    (aiohttp answers it 400 before any handler runs) or a dropped connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite such a record in place; let every record through."""
+        exc = record.exc_info[1] if record.exc_info else None
+        args = record.args if isinstance(record.args, tuple) else ()
+        client = args[0] if len(args) == 1 else "a client"
+        if isinstance(exc, HttpProcessingError):
+            lines = (line.strip() for line in str(exc.message).splitlines())
+            what = " ".join(line for line in lines if line.strip("^ "))
+            level, record.msg, record.args = (
+                logging.WARNING,
+                "malformed HTTP request from %s: %s",
+                (client, what),
+            )
+        elif isinstance(exc, ConnectionError):
+            level, record.msg, record.args = (
+                logging.INFO,
+                "connection from %s lost: %s",
+                (client, exc),
+            )
+        else:
+            return True
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def make_runner(app: web.Application, *, timeout: float = DEFAULT_TIMEOUT) -> web.AppRunner:
+    """The runner ``overrided serve`` uses: no access log, client faults logged in one line, and
+    a connection that has not sent a whole request head within ``timeout`` s closed.
+
+    aiohttp's keep-alive timer starts when a connection opens and again after each answer, and
+    closes it if no request has arrived by then: a header timeout and an idle timeout in one.
+    """
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientFaultLog) for f in server_log.filters):
+        server_log.addFilter(ClientFaultLog())
+    return web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=timeout, logger=server_log
     )
 
 
@@ -60,15 +161,25 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 
 
 def make_app(
-    service: Service, *, token: str, max_upload: int = DEFAULT_MAX_UPLOAD
+    service: Service,
+    *,
+    token: str,
+    max_upload: int = DEFAULT_MAX_UPLOAD,
+    body_timeout: float = DEFAULT_TIMEOUT,
 ) -> web.Application:
-    """The HTTP side of ``service``: reads are open, writes need ``Bearer <token>``."""
+    """The HTTP side of ``service``: reads are open, writes need ``Bearer <token>``.
+
+    An upload body that pauses for ``body_timeout`` s is dropped; temporary upload files an
+    earlier run left are removed at start-up.
+    """
     if not token:
         raise ValueError("make_app needs a non-empty upload token")
-    app = web.Application(middlewares=[errors_as_json, writes_need_token])
+    app = web.Application(middlewares=[faults_as_json, errors_as_json, writes_need_token])
     app[SERVICE] = service
     app[TOKEN] = token
     app[MAX_UPLOAD] = max_upload
+    app[uploads.BODY_TIMEOUT] = body_timeout
+    app.on_startup.append(uploads.remove_leftovers)
     app[UPLOAD_LOCKS] = {}
     app[STREAMS] = set()
     metrics = Metrics()
