@@ -63,12 +63,19 @@ def _upload_responses() -> dict[str, Any]:
                 "application/json": {"schema": _ref("UploadAnswer")},
             },
         },
-        "400": _error("Bad name or incomplete body"),
+        "400": _error("Bad name, a path named twice, or an incomplete body"),
         "401": _UNAUTHORIZED,
+        "408": _error("No body bytes for the HTTP timeout (--http-timeout); nothing stored"),
+        "409": _error(
+            "The build folder (or a folder on the path) is a link, or a file stands "
+            "where a folder is needed"
+        ),
         "413": _error("Over the upload size limit"),
         "415": _error("PUT/POST of a whole build that is neither a tarball nor multipart"),
         "417": _error("An Expect other than 100-continue"),
         "422": _error("The build was refused by indexing; the previous files are kept"),
+        "500": _error("An unexpected error; the log has the details, nothing is stored"),
+        "507": _error("The disk is full; nothing is stored"),
     }
 
 
