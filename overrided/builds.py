@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KERNEL_NAMES = ("Image", "Image.gz", "zImage")
-_MODULES = re.compile(r"^modules-(?P<rest>.+?)\.cpio(?:\.(?:gz|xz|zst|lz4|lzo|bz2|lzma))?$")
+_MODULES = re.compile(r"modules-(?P<rest>.+?)\.cpio(?:\.(?:gz|xz|zst|lz4|lzo|bz2|lzma))?")
 # Architectures as kbuild names them; `modules-<release>-<arch>.cpio` carries one at the end.
 _ARCHES = ("arm64", "arm", "riscv", "x86", "x86_64", "powerpc", "mips", "loongarch")
 _KERNEL_ARCH = {"Image": "arm64", "Image.gz": "arm64", "zImage": "arm"}
@@ -134,7 +134,7 @@ def release_of_modules_name(name: str) -> str | None:
     release may itself end in an arch-like word (Debian's ``6.1.0-56-arm64``), so exactly one
     trailing arch is dropped only when another arch-like word or version part remains before it.
     """
-    m = _MODULES.match(name)
+    m = _MODULES.fullmatch(name)
     if not m:
         return None
     rest = m.group("rest")
@@ -146,7 +146,7 @@ def release_of_modules_name(name: str) -> str | None:
     return rest
 
 
-_MODULES_DIR = re.compile(r"^(?:\./)?(?:usr/)?lib/modules/([^/]+)(?:/|$)")
+_MODULES_DIR = re.compile(r"^(?:\./)?(?:usr/)?lib/modules/([^/\n]+)(?:/|\Z)")
 
 
 _RELEASES: dict[str, str | None] = {}  # fingerprint → release: a re-index costs a stat
@@ -222,7 +222,7 @@ def find_inputs(root: Path) -> Inputs:
             kernels.append(path)
         elif name.endswith(".dtb"):
             found.dtbs.append(path)
-        elif _MODULES.match(name):
+        elif _MODULES.fullmatch(name):
             found.modules.append(path)
 
     def newest(paths: list[Path]) -> Path:

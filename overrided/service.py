@@ -39,8 +39,8 @@ log = logging.getLogger("overrided.service")
 # The names barebox itself asks for (docs/design.md): a request for one of these from a user
 # not rendered yet is worth rendering hostname-only boards for.
 _STABLE = re.compile(
-    r"^(?P<user>[A-Za-z0-9][A-Za-z0-9._+]*?)-(?:devboot|linux|oftree|initramfs)-"
-    r"(?P<host>[A-Za-z0-9][A-Za-z0-9._+-]*)$"
+    r"(?P<user>[A-Za-z0-9][A-Za-z0-9._+]*?)-(?:devboot|linux|oftree|initramfs)-"
+    r"(?P<host>[A-Za-z0-9][A-Za-z0-9._+-]*)"
 )
 # How long a request may be held for a render in progress (barebox gives up after about 15 s
 # without an answer, and resends its request every second meanwhile).
@@ -289,7 +289,7 @@ class OverridedService:
     ) -> NotServed:
         """Why ``name`` is not served, or ``Held`` if a refresh (running, or started here for
         a new user of hostname-only boards) may serve it soon."""
-        m = _STABLE.match(name)
+        m = _STABLE.fullmatch(name)
         reason = str(err)
         wanted_user: str | None = None
         if m is not None:
@@ -339,7 +339,7 @@ class OverridedService:
         # Boards that asked for barebox names nothing serves, with the reason.
         asked: dict[tuple[str, str], None] = {}
         for t in self.journal.of(None):
-            m = _STABLE.match(t.name)
+            m = _STABLE.fullmatch(t.name)
             if m is not None and t.name not in s.catalog:
                 asked.setdefault((m.group("user"), m.group("host")), None)
         for user, host in sorted(asked):
