@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import struct
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,20 @@ def _hash_node(fit: Fit, image: FitImage, strings: _Strings, algo: str) -> bytes
     )
 
 
+# Each parsed FIT's children order per parent node: a trim keeps a few of hundreds of images,
+# and finds them by looking up, not by walking every child (a lab trims every configuration).
+_ORDER: weakref.WeakKeyDictionary[Fit, dict[str, dict[str, int]]] = weakref.WeakKeyDictionary()
+
+
+def _in_order(fit: Fit, parent: str, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that are children of ``parent``, in the tree's order."""
+    orders = _ORDER.setdefault(fit, {})
+    order = orders.get(parent)
+    if order is None:
+        order = orders[parent] = {n: i for i, n in enumerate(fit.nodes[parent].children)}
+    return sorted({n for n in names if n in order}, key=order.__getitem__)
+
+
 def _drop_children_except(fit: Fit, parent: str, keep: Sequence[str]) -> list[_Edit]:
     """Deletions of every child subtree of `parent` not in `keep`, as few contiguous runs.
 
@@ -124,15 +139,13 @@ def _drop_children_except(fit: Fit, parent: str, keep: Sequence[str]) -> list[_E
     children = fit.nodes[parent].children
     if not children:
         return []
-    wanted = set(keep)
     edits = []
     pos = fit.nodes[f"{parent}/{children[0]}"].begin
-    for name in children:
-        if name in wanted:
-            rec = fit.nodes[f"{parent}/{name}"]
-            if rec.begin > pos:
-                edits.append(_Edit(pos, rec.begin, ()))
-            pos = rec.end
+    for name in _in_order(fit, parent, keep):
+        rec = fit.nodes[f"{parent}/{name}"]
+        if rec.begin > pos:
+            edits.append(_Edit(pos, rec.begin, ()))
+        pos = rec.end
     end = fit.nodes[f"{parent}/{children[-1]}"].end
     if end > pos:
         edits.append(_Edit(pos, end, ()))
@@ -157,9 +170,7 @@ def plan(fit: Fit, config: str, *, add_hashes: bool = False) -> list[Segment]:
     strings = _Strings(fit.strings)
     edits: list[_Edit] = []
     edits += _drop_children_except(fit, "/images", keep)
-    for name in fit.nodes["/images"].children:
-        if name not in keep:
-            continue
+    for name in _in_order(fit, "/images", keep):
         rec = fit.nodes[f"/images/{name}"]
         image = fit.images[name]
         if image.data_location == "missing":
