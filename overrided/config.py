@@ -25,6 +25,8 @@ _VAR = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # a newline ends the command; we refuse them rather than rely on escaping rules that differ
 # between shells (barebox ``common/hush.c`` is not POSIX sh).
 _UNSAFE_VALUE = re.compile(r'["$`\\\x00-\x1f\x7f]')
+# A field or key that error messages show as it is; others are quoted (repr).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.+-]+\Z")
 
 Format = Literal["barebox", "pxe", "bootscr", "ipxe"]
 
@@ -147,7 +149,11 @@ def display_path(path: Path) -> str:
 def _describe(err: ValidationError) -> str:
     """The first problem of a pydantic error as ``field: problem``."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    # A key may hold any character, newlines included: those are quoted so the message stays
+    # one line.
+    loc = ".".join(
+        p if isinstance(p, str) and _PLAIN_KEY.match(p) else repr(p) for p in first["loc"]
+    )
     msg = first["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
@@ -167,6 +173,16 @@ def load_board(path: Path) -> Board:
         raise BoardError(f"{where}: not valid TOML: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise BoardError(f"{where}: cannot read: {err}") from None
+    except ValueError as err:
+        # tomllib converts with int(): past 4300 digits Python refuses (CVE-2020-10735). The
+        # advice after ";" (sys.set_int_max_str_digits) is for programmers, not board authors.
+        reason = str(err).split(";", 1)[0]
+        raise BoardError(f"{where}: not valid TOML: a value cannot be read ({reason})") from None
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays and inline tables.
+        raise BoardError(
+            f"{where}: not valid TOML: arrays or inline tables nested too deeply"
+        ) from None
     if "name" in data:
         raise BoardError(f"{where}: name: is the file name, do not set it")
     try:

@@ -38,6 +38,9 @@ from typing import BinaryIO, Protocol
 from overrided.errors import OverridedError
 
 HEADER_SIZE = 110
+# init/initramfs.c do_header() never reads a name (NUL included) longer than PATH_MAX, nor a
+# symlink target longer than that: it skips such an entry whole.
+PATH_MAX = 4096
 MAGIC_NEWC = b"070701"
 MAGIC_CRC = b"070702"
 TRAILER = "TRAILER!!!"
@@ -155,6 +158,13 @@ def parse_header(raw: bytes) -> Header:
     header = Header(magic, *values)
     if header.namesize == 0:
         raise ValueError("namesize is 0 (the name needs at least its NUL)")
+    if header.namesize > PATH_MAX:
+        # Refused before anything is read: a reader that collected such a "name" would hold
+        # up to 4 GiB of a decompressed stream in memory.
+        raise ValueError(
+            f"namesize {header.namesize} is longer than PATH_MAX ({PATH_MAX}); "
+            "the kernel skips such an entry"
+        )
     return header
 
 
@@ -329,6 +339,11 @@ def _read_archive(
             return
         target = None
         if stat.S_ISLNK(header.mode):
+            if header.filesize > PATH_MAX:
+                raise CpioError(
+                    f"{where(at)}: {name!r}: symlink target of {header.filesize} bytes is longer "
+                    f"than PATH_MAX ({PATH_MAX}); the kernel skips such an entry"
+                )
             data = cur.read(header.filesize)
             got = len(data)
             target = os.fsdecode(data.rstrip(b"\0"))

@@ -12,7 +12,7 @@ import zlib
 
 import libfdt
 
-from overrided.fit.model import Fit, FitError
+from overrided.fit.model import Fit, FitError, read_header, reservation_map
 
 # fit.md §1.1: the algorithms both bootloaders know for hash-N/algo.
 HASH_ALGOS: tuple[str, ...] = ("crc32", "md5", "sha1", "sha256", "sha384", "sha512")
@@ -35,23 +35,33 @@ def _aligned_end(totalsize: int) -> int:
     return (totalsize + 3) & ~3
 
 
+def _cell(fdt: libfdt.FdtRo, node: int, prop: str, where: str) -> int | None:
+    """A 1- or 2-cell number property (None when absent)."""
+    value = fdt.getprop(node, prop, quiet=(_FDT_ERR_NOTFOUND,))
+    if isinstance(value, int):
+        return None
+    raw = bytes(value)
+    if len(raw) not in (4, 8):
+        raise FitError(f"{where}/{prop}: {len(raw)} bytes, want 4 or 8")
+    return int.from_bytes(raw, "big")
+
+
 def _image_data(blob: bytes, fdt: libfdt.FdtRo, node: int, where: str) -> bytes:
     """The stored bytes of an image node: embedded ``data`` or external offset/position + size."""
     data = fdt.getprop(node, "data", quiet=(_FDT_ERR_NOTFOUND,))
     if not isinstance(data, int):
         return bytes(data)
-    size = fdt.getprop(node, "data-size", quiet=(_FDT_ERR_NOTFOUND,))
-    if isinstance(size, int):
+    length = _cell(fdt, node, "data-size", where)
+    if length is None:
         raise FitError(f"{where}: no data, data-offset or data-position")
-    length = size.as_uint32()
-    offset = fdt.getprop(node, "data-offset", quiet=(_FDT_ERR_NOTFOUND,))
-    if not isinstance(offset, int):
-        start = _aligned_end(fdt.totalsize()) + offset.as_uint32()
+    offset = _cell(fdt, node, "data-offset", where)
+    if offset is not None:
+        start = _aligned_end(fdt.totalsize()) + offset
     else:
-        position = fdt.getprop(node, "data-position", quiet=(_FDT_ERR_NOTFOUND,))
-        if isinstance(position, int):
+        position = _cell(fdt, node, "data-position", where)
+        if position is None:
             raise FitError(f"{where}: data-size without data-offset or data-position")
-        start = position.as_uint32()
+        start = position
     if start + length > len(blob):
         raise FitError(f"{where}: external data {start:#x}+{length:#x} lies beyond the file end")
     return blob[start : start + length]
@@ -66,23 +76,53 @@ def _subnodes(fdt: libfdt.FdtRo, node: int) -> list[int]:
     return out
 
 
+def _name(fdt: libfdt.FdtRo, node: int) -> str:
+    """A node's name; FitError when it is not UTF-8 (pylibfdt hands such bytes back as lone
+    surrogates, which no path lookup or message can carry)."""
+    name: str = fdt.get_name(node)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FitError(
+            f"malformed FIT: the name of the node at structure offset {node:#x} is not UTF-8: "
+            f"{name!a}"
+        ) from None
+    return name
+
+
+def _image_node(fdt: libfdt.FdtRo, name: str) -> int:
+    """The offset of ``/images/<name>``, matched exactly: libfdt's path lookup would take
+    ``foo`` for an earlier ``foo@1``."""
+    for node in _subnodes(fdt, fdt.path_offset("/images")):
+        if fdt.get_name(node) == name:
+            return node
+    raise FitError(f"malformed FIT: no node /images/{name}")
+
+
 def images_without_hash(blob: bytes) -> list[str]:
     """Unit names of the images in `blob` that have no ``hash*`` subnode."""
     fdt = _open(blob)
-    images = fdt.path_offset("/images", quiet=(_FDT_ERR_NOTFOUND,))
-    if images < 0:
-        return []
-    return [
-        fdt.get_name(img)
-        for img in _subnodes(fdt, images)
-        if not any(fdt.get_name(c).startswith("hash") for c in _subnodes(fdt, img))
-    ]
+    try:
+        images = fdt.path_offset("/images", quiet=(_FDT_ERR_NOTFOUND,))
+        if images < 0:
+            return []
+        return [
+            _name(fdt, img)
+            for img in _subnodes(fdt, images)
+            if not any(_name(fdt, c).startswith("hash") for c in _subnodes(fdt, img))
+        ]
+    except libfdt.FdtException as err:
+        raise FitError(f"malformed FIT: {err}") from None
 
 
 def _open(blob: bytes) -> libfdt.Fdt:
+    """`blob` as an editable libfdt tree, once the header and the reservation map are sound
+    (libfdt trusts both: it reads past the buffer, or copies a negative length, otherwise)."""
+    hdr = read_header(blob, "")
+    reservation_map(blob, hdr, "")
     try:
-        return libfdt.Fdt(blob[: struct.unpack_from(">I", blob, 4)[0]])
-    except (libfdt.FdtException, struct.error) as err:
+        return libfdt.Fdt(blob[: hdr.totalsize])
+    except libfdt.FdtException as err:
         raise FitError(f"not a FIT (bad FDT header: {err})") from None
 
 
@@ -100,14 +140,21 @@ def add_missing_hashes(blob: bytes, algo: str = "sha256") -> bytes:
     if not missing:
         return blob
     fdt = _open(blob)
+    try:
+        return _add_hashes(blob, fdt, missing, algo)
+    except libfdt.FdtException as err:
+        raise FitError(f"malformed FIT: {err}") from None
+
+
+def _add_hashes(blob: bytes, fdt: libfdt.Fdt, missing: list[str], algo: str) -> bytes:
     old_end = _aligned_end(fdt.totalsize())
     values = {}
     for name in missing:
-        node = fdt.path_offset(f"/images/{name}")
+        node = _image_node(fdt, name)
         values[name] = digest(algo, _image_data(blob, fdt, node, f"/images/{name}"))
     fdt.resize(fdt.totalsize() + 256 * len(missing) + 64)
     for name, value in values.items():
-        node = fdt.add_subnode(fdt.path_offset(f"/images/{name}"), "hash-1")
+        node = fdt.add_subnode(_image_node(fdt, name), "hash-1")
         fdt.setprop_str(node, "algo", algo)
         fdt.setprop(node, "value", value)
     fdt.pack()
@@ -117,9 +164,19 @@ def add_missing_hashes(blob: bytes, algo: str = "sha256") -> bytes:
     new_end = _aligned_end(fdt.totalsize())
     images = fdt.path_offset("/images")
     for img in _subnodes(fdt, images):
-        position = fdt.getprop(img, "data-position", quiet=(_FDT_ERR_NOTFOUND,))
-        if not isinstance(position, int):
-            fdt.setprop_u32(img, "data-position", position.as_uint32() + new_end - old_end)
+        where = f"/images/{_name(fdt, img)}"
+        position = _cell(fdt, img, "data-position", where)
+        if position is None:
+            continue
+        # The data after the FDT moved with its end; the property keeps its width (1 or 2 cells).
+        width = len(bytes(fdt.getprop(img, "data-position")))
+        moved = position + new_end - old_end
+        if not 0 <= moved < 1 << (8 * width):
+            raise FitError(
+                f"{where}/data-position: {position:#x} cannot move with the data by "
+                f"{new_end - old_end} bytes (it would be {moved:#x})"
+            )
+        fdt.setprop(img, "data-position", moved.to_bytes(width, "big"))
     head = bytes(fdt.as_bytearray())
     return head + bytes(new_end - len(head)) + tail
 

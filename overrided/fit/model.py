@@ -33,7 +33,11 @@ FDT_PROP = 3
 FDT_NOP = 4
 FDT_END = 9
 HEADER = struct.Struct(">10I")
+# How deep the node walk goes before refusing a blob: a FIT is 3 levels deep (/images/<unit>/
+# hash-1) and board DTBs rarely reach 10; 64 keeps the recursive walk far from Python's limit.
+MAX_DEPTH = 64
 PROP_HEADER = struct.Struct(">III")  # FDT_PROP, value length, name offset in the strings block
+RSV_ENTRY = struct.Struct(">QQ")  # §5.3: address and size of one reserved memory region
 
 # fit.md §1.2 / §3.2: every configuration property except these names image units.
 NON_REFERENCE_PROPS = frozenset({"description", "compatible", "default"})
@@ -173,17 +177,51 @@ def decode_list(raw: bytes) -> list[str]:
 
 
 def read_header(buf: Buffer, where: str) -> Header:
-    """Parse and sanity-check the FDT header against the buffer's length."""
+    """Parse and sanity-check the FDT header against the buffer's length (libfdt trusts
+    ``totalsize`` and reads past the buffer's end when it lies). Messages start with `where`
+    (none when empty)."""
+    at = f"{where}: " if where else ""
     if len(buf) < HEADER.size:
-        raise FitError(f"{where}: not a FIT: {len(buf)} bytes is too short for an FDT header")
+        raise FitError(f"{at}not a FIT: {len(buf)} bytes is too short for an FDT header")
     hdr = Header(*HEADER.unpack_from(buf, 0))
     if hdr.magic != FDT_MAGIC:
-        raise FitError(f"{where}: not a FIT: magic {hdr.magic:#010x} at offset 0, want d00dfeed")
+        raise FitError(f"{at}not a FIT: magic {hdr.magic:#010x} at offset 0, want d00dfeed")
     if hdr.totalsize > len(buf):
         raise FitError(
-            f"{where}: truncated: header totalsize is {hdr.totalsize} bytes, file has {len(buf)}"
+            f"{at}truncated: header totalsize is {hdr.totalsize} bytes, file has {len(buf)}"
         )
     return hdr
+
+
+def dtb_view(data: bytes, where: str) -> libfdt.FdtRo:
+    """A read-only libfdt view of the DTB `data`, once its header fits in `data`: libfdt checks
+    offsets against ``totalsize`` only, so a header claiming more than there is makes it read
+    past the end of the buffer (a crash, not an error)."""
+    hdr = read_header(data, where)
+    try:
+        return libfdt.FdtRo(data[: hdr.totalsize])
+    except libfdt.FdtException as err:
+        raise FitError(f"{where + ': ' if where else ''}malformed FDT: {err}") from None
+
+
+def reservation_map(buf: Buffer, hdr: Header, where: str) -> bytes:
+    """The memory reservation block (Devicetree specification §5.3) up to and including its
+    all-zero terminator, which must lie inside ``totalsize``. libfdt's ``fdt_open_into`` (behind
+    pylibfdt's ``resize``) trusts this block: without a terminator it copies a negative length
+    and corrupts memory, so check a blob with this before handing it to libfdt for editing.
+    Messages start with `where` (none when empty)."""
+    off = hdr.off_mem_rsvmap
+    end = off
+    while True:
+        if end + RSV_ENTRY.size > min(hdr.totalsize, len(buf)):
+            raise FitError(
+                f"{where + ': ' if where else ''}malformed FDT: the memory reservation map at "
+                f"offset {off:#x} has no end before totalsize ({hdr.totalsize:#x})"
+            )
+        address, size = RSV_ENTRY.unpack_from(buf, end)
+        end += RSV_ENTRY.size
+        if address == 0 and size == 0:
+            return bytes(buf[off:end])
 
 
 class Fit:
@@ -283,8 +321,8 @@ class Fit:
             return []
         blob = bytes(image.data())
         try:
-            prop = libfdt.FdtRo(blob).getprop(0, "compatible", quiet=(libfdt.NOTFOUND,))
-        except libfdt.FdtException:
+            prop = dtb_view(blob, "").getprop(0, "compatible", quiet=(libfdt.NOTFOUND,))
+        except (FitError, libfdt.FdtException):
             return []
         return [] if isinstance(prop, int) else decode_list(bytes(prop))
 
@@ -411,7 +449,7 @@ def _index(buf: Buffer, hdr: Header, where: str) -> tuple[dict[str, NodeRecord],
         raise FitError(f"{where}: malformed FDT: {err}") from None
     walker = _Walker(buf, fdt, hdr.off_dt_struct, struct_end, strings, where)
     try:
-        walker.walk(0, "/")
+        walker.walk(0, "/", 0)
     except libfdt.FdtException as err:
         raise FitError(f"{where}: malformed FDT: {err}") from None
     except struct.error:
@@ -444,7 +482,28 @@ class _Walker:
             self.names[nameoff] = self.strings[nameoff:end].decode("utf-8", "backslashreplace")
         return self.names[nameoff]
 
-    def walk(self, offset: int, path: str) -> NodeRecord:
+    def node_name(self, begin: int, name_end: int, parent: str) -> str:
+        """The name of the node whose FDT_BEGIN_NODE is at `begin`, checked: UTF-8, not empty,
+        no ``/``. Node paths are built from these names, so a name that does not round-trip
+        (or would split into two path parts) is refused instead of indexed under a wrong path.
+        """
+        raw = bytes(self.buf[begin + 4 : name_end])
+        at = f"node name at offset {begin:#x} (in {parent})"
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = begin + 4 + err.start
+            shown = repr(raw[:40]) + ("..." if len(raw) > 40 else "")
+            raise FitError(
+                f"{self.where}: malformed FDT: {at} is not UTF-8: byte {raw[err.start]:#04x} "
+                f"at offset {bad:#x} in {shown}"
+            ) from None
+        if not name or "/" in name:
+            shown = repr(name[:40]) + ("..." if len(name) > 40 else "")
+            raise FitError(f"{self.where}: malformed FDT: {at} is {shown}")
+        return name
+
+    def walk(self, offset: int, path: str, depth: int) -> NodeRecord:
         buf, fdt, base, struct_end, where = (
             self.buf,
             self.fdt,
@@ -453,10 +512,18 @@ class _Walker:
             self.where,
         )
         begin = base + offset
+        if depth > MAX_DEPTH:
+            # A FIT is 3 levels deep; this bound keeps the recursion far from Python's limit.
+            raise FitError(
+                f"{where}: malformed FDT: node at offset {begin:#x} ({path}) is nested more "
+                f"than {MAX_DEPTH} levels deep"
+            )
         name_end = buf.find(b"\0", begin + 4, struct_end)
         if name_end < 0:
             raise FitError(f"{where}: malformed FDT: unterminated node name at {begin:#x}")
-        name = bytes(buf[begin + 4 : name_end]).decode("utf-8", "backslashreplace")
+        # The root's name is ignored (it is "" in every blob dtc and mkimage write); the others
+        # were checked by `child_path`.
+        name = path.rsplit("/", 1)[1]
         body = align4(name_end + 1)
         rec = NodeRecord(path=path, name=name, begin=begin, body=body, end=0)
         pos = body
@@ -469,7 +536,7 @@ class _Walker:
             p = fdt.next_property_offset(p, quiet=(libfdt.NOTFOUND,))
         child = fdt.first_subnode(offset, quiet=(libfdt.NOTFOUND,))
         while child >= 0:
-            sub = self.walk(child, f"{path.rstrip('/')}/{fdt.get_name(child)}")
+            sub = self.walk(child, self.child_path(path, child), depth + 1)
             rec.children.append(sub.name)
             pos = sub.end
             child = fdt.next_subnode(child, quiet=(libfdt.NOTFOUND,))
@@ -480,3 +547,18 @@ class _Walker:
         rec.end = pos + 4
         self.nodes[path] = rec
         return rec
+
+    def child_path(self, parent: str, child: int) -> str:
+        """The path of the subnode at struct offset `child`, from its checked name; a second
+        sibling of the same name is refused (libfdt and the bootloaders see only the first)."""
+        begin = self.base + child
+        name_end = self.buf.find(b"\0", begin + 4, self.struct_end)
+        if name_end < 0:
+            raise FitError(f"{self.where}: malformed FDT: unterminated node name at {begin:#x}")
+        path = f"{parent.rstrip('/')}/{self.node_name(begin, name_end, parent)}"
+        if path in self.nodes:
+            raise FitError(
+                f"{self.where}: malformed FDT: second node {path} at offset {begin:#x} "
+                f"(the first is at {self.nodes[path].begin:#x})"
+            )
+        return path

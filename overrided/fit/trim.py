@@ -39,6 +39,7 @@ from overrided.fit.model import (
     FitImage,
     NodeRecord,
     align4,
+    reservation_map,
 )
 
 if TYPE_CHECKING:
@@ -218,15 +219,7 @@ def plan(fit: Fit, config: str, *, add_hashes: bool = False) -> list[Segment]:
 
 def _rsvmap(fit: Fit) -> bytes:
     """The memory reservation block, up to and including its all-zero terminator."""
-    buf, off = fit.buffer, fit.header.off_mem_rsvmap
-    end = off
-    while True:
-        if end + 16 > fit.header.totalsize:
-            raise FitError(f"{fit.path}: malformed FDT: memory reservation map has no end")
-        address, size = struct.unpack_from(">QQ", buf, end)
-        end += 16
-        if address == 0 and size == 0:
-            return bytes(buf[off:end])
+    return reservation_map(fit.buffer, fit.header, str(fit.path))
 
 
 def trim(
