@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from overrided.errors import OverridedError
+from overrided.fit.model import FitError, dtb_view, read_header, reservation_map
 
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -152,9 +153,9 @@ def load_signing_key(keys_dir: Path, name: str) -> SigningKey:
 
 def _public_from_dtb(data: bytes, path: Path) -> dict[str, PublicKey]:
     try:
-        fdt = libfdt.FdtRo(data)
-    except libfdt.FdtException as err:
-        raise KeyStoreError(f"{path}: not a DTB: {err}") from None
+        fdt = dtb_view(data, f"{path}: not a DTB")  # a lying header is an error, not a crash
+    except FitError as err:
+        raise KeyStoreError(str(err)) from None
     parent = fdt.path_offset("/signature", quiet=_NOTFOUND)
     if parent < 0:
         raise KeyStoreError(f"{path}: no /signature node with public keys")
@@ -330,9 +331,12 @@ def export_uboot_dtb(
     """
     if base_dtb is not None:
         try:
-            base = bytearray(base_dtb.read_bytes())
-            fdt = libfdt.Fdt(base)
-        except (OSError, libfdt.FdtException) as err:
+            raw = base_dtb.read_bytes()
+            # libfdt trusts the header's sizes and the reservation map when it edits a tree.
+            head = read_header(raw, "")
+            reservation_map(raw, head, "")
+            fdt = libfdt.Fdt(bytearray(raw[: head.totalsize]))
+        except (OSError, libfdt.FdtException, FitError) as err:
             raise KeyStoreError(f"{base_dtb}: cannot use as a DTB: {err}") from None
     else:
         fdt = libfdt.Fdt.create_empty_tree(256)

@@ -512,3 +512,31 @@ def test_trims_of_generated_fits(
     assert all(image.hashes for image in hashed.images.values())
     for unit, image in hashed.images.items():
         assert bytes(image.data()) == bytes(fit.images[unit].data())
+
+
+@pytest.mark.parametrize("totalsize", [10**6, 41])
+def test_a_dtb_whose_header_lies_is_an_error_not_a_crash(tmp_path: Path, totalsize: int) -> None:
+    """``fit match --dtb``, public keys read from a DTB and U-Boot key DTBs built on a base all
+    hand a user's DTB to libfdt, which reads past the buffer when its header lies."""
+    from overrided.fit.build import read_dtb
+    from overrided.keys import (
+        KeyStoreError,
+        _public_from_dtb,
+        export_uboot_dtb,
+        load_signing_key,
+        new_key,
+    )
+
+    dtb = board_dtb(tmp_path / "a.dtb", ["v,board"])
+    raw = bytearray(dtb.read_bytes())
+    struct.pack_into(">I", raw, 4, totalsize)  # totalsize: past the end, or inside the header
+    lying = tmp_path / "lying.dtb"
+    lying.write_bytes(bytes(raw))
+    with pytest.raises(FitError, match=r"lying\.dtb: not a DTB"):
+        read_dtb(lying)
+    with pytest.raises(KeyStoreError, match=r"lying\.dtb: not a DTB"):
+        _public_from_dtb(bytes(raw), lying)
+    new_key(tmp_path / "keys", "k")
+    public = load_signing_key(tmp_path / "keys", "k").public_key()
+    with pytest.raises(KeyStoreError, match=r"lying\.dtb: cannot use as a DTB"):
+        export_uboot_dtb(public, "k", tmp_path / "out.dtb", base_dtb=lying)

@@ -23,7 +23,7 @@ from pathlib import Path
 import libfdt
 
 from overrided.fit.hashes import digest
-from overrided.fit.model import FitError
+from overrided.fit.model import FitError, dtb_view
 
 # Compressed payload signatures (file magic), to store an already compressed kernel as it is.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -95,7 +95,7 @@ def read_dtb(path: Path) -> BoardDtb:
     except OSError as err:
         raise FitError(f"{path}: cannot read: {err.strerror}") from None
     try:
-        fdt = libfdt.FdtRo(data)
+        fdt = dtb_view(data, f"{path}: not a DTB")  # a lying header is an error, not a crash
         compat = fdt.getprop(0, "compatible", quiet=(libfdt.NOTFOUND,))
         model = fdt.getprop(0, "model", quiet=(libfdt.NOTFOUND,))
     except libfdt.FdtException as err:
