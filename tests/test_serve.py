@@ -652,3 +652,39 @@ def test_a_corrupt_blob_is_found_and_its_build_read_again(
         got = srv.wait_for(lambda: srv.served(initrd_name) == good or None, what="good initrd")
         assert got
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs for the store (root)")
+def test_a_full_store_keeps_the_previous_build_served(
+    tmp_path: Path, fits: tuple[Path, Path]
+) -> None:
+    srv = Served(tmp_path)
+    srv.store.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "overrided-test", srv.store], check=True
+    )
+    try:
+        (srv.boards / "a.toml").write_text(BOARD_A)
+        drop_build(srv.builds, "b1", fits[0])
+        with srv:
+            old = srv.tftp_get("afa-devboot-board-a")
+            # A newer build that does not fit in the store: 4 MiB of kernel.
+            big = tmp_path / "big"
+            kernel = tmp_path / "Image"
+            kernel.write_bytes(os.urandom(4 << 20))
+            subprocess.run(
+                [
+                    sys.executable, "-m", "overrided", "fit", "build", "--kernel", str(kernel),
+                    "--dtbs", str(fits[0].parent / "fdt-a.dtb"), "-o", str(big),
+                ],
+                check=True, cwd=REPO, capture_output=True,
+            )  # fmt: skip
+            drop_build(srv.builds, "b2", big)
+            srv.wait_for(lambda: "build b2: " in srv.log(), what="b2 indexed or refused")
+            builds = {b["name"]: b for b in srv.api("/api/builds")}
+            assert "No space left" in (builds["b2"]["error"] or ""), builds["b2"]
+            # The board keeps its build, whole; the server keeps serving.
+            assert srv.tftp_get("afa-devboot-board-a") == old
+            assert srv.tftp_get(image_of(old)) is not None
+    finally:
+        subprocess.run(["umount", "-l", srv.store], check=False)
