@@ -16,6 +16,7 @@ versioned names that left it for the grace period.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -121,8 +122,13 @@ class Refreshed:
     events: tuple[Event, ...]
 
 
-def refresh(previous: Snapshot, changes: Changes, env: Env) -> Refreshed:
-    """The next snapshot: index, load boards, render everything, make the catalog."""
+def refresh(previous: Snapshot, changes: Changes, env: Env, *, hostnames: bool = True) -> Refreshed:
+    """The next snapshot: index, load boards, render everything, make the catalog.
+
+    Without ``hostnames``, boards known only by their hostname keep their previous renders
+    (whole renders of the build they had), and ``render_hostnames`` brings them up to date in
+    a step of its own: board files are then served without waiting for hundreds of them.
+    """
     events: list[Event] = []
     t0 = time.monotonic()
     builds, rejected, writing = _index(previous, changes, env, events)
@@ -149,13 +155,16 @@ def refresh(previous: Snapshot, changes: Changes, env: Env) -> Refreshed:
             env.ctx.inspect_soon(blob)  # read beside the renders that do not need it
     t1 = time.monotonic()
     renders, infos = _render_files(previous, boards_t, builds, rejected, env, events)
-    hostname_renders = _render_hostnames(builds, boards_t, frozenset(users), env)
+    if hostnames:
+        hostname_renders = _render_hostnames(builds, boards_t, frozenset(users), env)
+    else:
+        hostname_renders = dict(previous.hostname_renders)
     log.info(
-        "refresh: indexed %s in %.3fs, rendered %d boards and %d hostname-only boards in %.3fs",
+        "refresh: indexed %s in %.3fs, rendered %d boards%s in %.3fs",
         "every build" if changes.builds is None else ", ".join(sorted(changes.builds)) or "none",
         t_index,
         len(renders),
-        len(hostname_renders),
+        f" and {len(hostname_renders)} hostname-only boards" if hostnames else "",
         time.monotonic() - t1,
     )
     # FIT mappings of builds that are gone are released.
@@ -172,6 +181,17 @@ def refresh(previous: Snapshot, changes: Changes, env: Env) -> Refreshed:
         users=frozenset(users),
     )
     return Refreshed(publish(previous, draft, env.grace), tuple(events))
+
+
+def render_hostnames(previous: Snapshot, env: Env) -> Snapshot:
+    """``previous`` with every hostname-only board of its latest build rendered anew."""
+    t0 = time.monotonic()
+    renders = _render_hostnames(previous.builds, previous.boards, previous.users, env)
+    log.info(
+        "refresh: rendered %d hostname-only boards in %.3fs", len(renders), time.monotonic() - t0
+    )
+    draft = dataclasses.replace(previous, hostname_renders=renders)
+    return publish(previous, draft, env.grace)
 
 
 def publish(

@@ -28,7 +28,16 @@ from overrided import builds as builds_mod
 from overrided.catalog import Catalog
 from overrided.config import Settings
 from overrided.pins import Pins
-from overrided.pipeline import Changes, Env, Snapshot, hostnames, publish, refresh, why_not
+from overrided.pipeline import (
+    Changes,
+    Env,
+    Snapshot,
+    hostnames,
+    publish,
+    refresh,
+    render_hostnames,
+    why_not,
+)
 from overrided.render import RenderContext
 from overrided.served import Entry, Held, NotServed, Transfer, clean_name
 from overrided.state import BoardInfo, BuildInfo, Event, EventHub, IndexResult, Journal
@@ -220,12 +229,18 @@ class OverridedService:
                 quiet=self.settings.quiet,
             )
             try:
-                done = await asyncio.to_thread(refresh, self.snapshot, pending, env)
+                # Board files first; then the hostname-only boards (hundreds for a FIT of
+                # hundreds of configurations), published as a second snapshot.
+                done = await asyncio.to_thread(
+                    refresh, self.snapshot, pending, env, hostnames=False
+                )
+                self.snapshot = done.snapshot
+                for event in done.events:
+                    self.events.publish(event)
+                self._wake()
+                self.snapshot = await asyncio.to_thread(render_hostnames, self.snapshot, env)
             finally:
                 self._busy = self._pending is not None
-            self.snapshot = done.snapshot
-            for event in done.events:
-                self.events.publish(event)
             self._wake()
             for name in done.snapshot.writing:
                 if name not in self._writer_waits and not self._stop.is_set():
