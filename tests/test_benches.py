@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = {
     "bench_scale.py": ("store_growth_ratio", "peak_rss_mb", "ratio_vs_cp"),
     "bench_latency.py": ("ratio_vs_tftpd_hpa",),
+    "soak.py": ("completion", "ratio_vs_tftpd_hpa"),
 }
 
 
