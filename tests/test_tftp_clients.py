@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from overrided.tftp.transfer import describe
+from tests.support.tftp_clients import atftp, curl, tftp_hpa
 from tests.test_tftp_support import ServerThread
 
 BIG = 40 << 20
@@ -41,22 +42,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThr
     (root / "text.txt").write_bytes(b"line one\nline two\r\nbare\rcr\n" * 100)
     with ServerThread(root) as server:
         yield server, root
-
-
-def tftp_hpa(port: int, name: str, out: Path, mode: str = "octet") -> list[str]:
-    return ["tftp", "127.0.0.1", str(port), "-m", mode, "-c", "get", name, str(out)]
-
-
-def atftp(port: int, name: str, out: Path, blksize: int, window: int) -> list[str]:
-    opts = ["--option", f"blksize {blksize}"]
-    if window > 1:
-        opts += ["--option", f"windowsize {window}"]
-    return ["atftp", *opts, "-g", "-r", name, "-l", str(out), "127.0.0.1", str(port)]
-
-
-def curl(port: int, name: str, out: Path, blksize: int) -> list[str]:
-    url = f"tftp://127.0.0.1:{port}/{name}"
-    return ["curl", "-sS", "--tftp-blksize", str(blksize), "-o", str(out), url]
 
 
 CASES = [

@@ -20,6 +20,7 @@ import pytest
 
 from overrided.served import Piece, View
 from overrided.tftp.packets import netascii_encode
+from tests.support.tftp_clients import atftp, curl, tftp_hpa
 from tests.test_tftp_support import ServerThread, ViewNamespace, pieced_view, wait_until
 
 # Piece lengths: several boundaries in one block (1, 2, 3, 7), pieces just under and over a
@@ -80,22 +81,6 @@ def served(
             assert server.server is not None
             assert server.server._launcher.enabled == (request.param != "forked")
             yield server, by_name
-
-
-def tftp_hpa(port: int, name: str, out: Path, mode: str = "octet") -> list[str]:
-    return ["tftp", "127.0.0.1", str(port), "-m", mode, "-c", "get", name, str(out)]
-
-
-def atftp(port: int, name: str, out: Path, blksize: int, window: int) -> list[str]:
-    opts = ["--option", f"blksize {blksize}"]
-    if window > 1:
-        opts += ["--option", f"windowsize {window}"]
-    return ["atftp", *opts, "-g", "-r", name, "-l", str(out), "127.0.0.1", str(port)]
-
-
-def curl(port: int, name: str, out: Path, blksize: int) -> list[str]:
-    url = f"tftp://127.0.0.1:{port}/{name}"
-    return ["curl", "-sS", "--tftp-blksize", str(blksize), "-o", str(out), url]
 
 
 CASES = [
