@@ -22,13 +22,13 @@ from overrided.served import Entry, NotServed, clean_name
 class Group:
     """A board's stable barebox names, which a client's reads must see from one snapshot.
 
-    ``names`` lists every such name, served or not (``<user>-devboot-<hostname>`` and barebox's
+    ``names`` lists every such name, served or not (the devboot script and barebox's
     ``boot net`` names): a name the board does not serve in a snapshot is not served to a client
     pinned to it either.
     """
 
     board: str
-    script: str  # <user>-devboot-<hostname>: reading it pins the client to the newest snapshot
+    script: str  # the devboot script name: reading it pins the client to the newest snapshot
     names: tuple[str, ...]  # the script and the boot net names
     origin: str = ""  # the render these names come from, for logs: "build b1, rendered …"
 
@@ -79,7 +79,7 @@ class Catalog:
         """The next snapshot: ``current`` entries, plus retired names still within ``grace``.
 
         Only names in ``keep`` (the versioned names) are retained when they drop out; stable
-        names such as ``<user>-devboot-<hostname>`` always point at the newest render, and
+        names such as the devboot script always point at the newest render, and
         ``groups`` tell which of them belong together.
         """
         now = time.time() if now is None else now

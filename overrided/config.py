@@ -14,17 +14,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from overrided.clients import barebox
+from overrided.clients.barebox import unsafe_value_reason
 from overrided.errors import OverridedError
 
-# Names that become parts of served file names (``<user>-devboot-<hostname>``): barebox builds
-# these names in its shell, so keep them to characters that need no quoting anywhere.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-# barebox global variable names: ``global linux.bootargs.dyn.<name>``.
-_VAR = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-# Inside barebox hush double quotes, ``$``, backquote, ``\`` and ``"`` keep a special meaning and
-# a newline ends the command; we refuse them rather than rely on escaping rules that differ
-# between shells (barebox ``common/hush.c`` is not POSIX sh).
-_UNSAFE_VALUE = re.compile(r'["$`\\\x00-\x1f\x7f]')
+# The names and quoting rules are barebox's: ``overrided/clients/barebox.py`` owns them.
+_NAME = barebox.NAME
+_VAR = barebox.VARIABLE
 # A field or key that error messages show as it is; others are quoted (repr).
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.+-]+\Z")
 
@@ -33,19 +29,6 @@ Format = Literal["barebox", "pxe", "bootscr", "ipxe"]
 
 class BoardError(OverridedError):
     """A board file that cannot be used; ``str()`` names the file, the field and the problem."""
-
-
-def unsafe_value_reason(value: str) -> str | None:
-    """Why ``value`` cannot sit inside barebox double quotes, or ``None`` if it can."""
-    m = _UNSAFE_VALUE.search(value)
-    if m is None:
-        return None
-    return f"must not contain {m.group()!r} (barebox shell quoting)"
-
-
-def hostname_of(compatible: str) -> str:
-    """barebox's default ``global.hostname``: the compatible without its vendor prefix."""
-    return compatible.split(",", 1)[-1]
 
 
 class Board(BaseModel):
@@ -89,15 +72,15 @@ class Board(BaseModel):
     @field_validator("hostname", "user")
     @classmethod
     def _name(cls, value: str) -> str:
-        if value and not _NAME.match(value):
-            raise ValueError(f"{value!r} must be letters, digits, '.', '_', '+', '-'")
+        if value and not _NAME.fullmatch(value):
+            raise ValueError(f"{value!r} must be {barebox.NAME_RULE}")
         return value
 
     @field_validator("bootargs")
     @classmethod
     def _bootargs(cls, value: dict[str, str]) -> dict[str, str]:
         for key, arg in value.items():
-            if not _VAR.match(key):
+            if not _VAR.fullmatch(key):
                 raise ValueError(f"{key!r} is not a barebox variable name")
             reason = unsafe_value_reason(arg)
             if reason:
@@ -127,8 +110,8 @@ class Board(BaseModel):
     @model_validator(mode="after")
     def _default_hostname(self) -> Board:
         if not self.hostname:
-            hostname = hostname_of(self.compatible[0])
-            if not _NAME.match(hostname):
+            hostname = barebox.default_hostname(self.compatible[0])
+            if not _NAME.fullmatch(hostname):
                 raise ValueError(f"hostname: cannot derive one from {self.compatible[0]!r}")
             object.__setattr__(self, "hostname", hostname)
         if not self.formats:

@@ -1,15 +1,14 @@
 """Per-client pins: one client reads all of a board's stable names from one catalog snapshot.
 
-barebox reads a board's names one after the other: ``devboot`` sources
-``<user>-devboot-<hostname>``, then the ``net`` boot entry probes ``<user>-oftree-<hostname>``
-and ``<user>-initramfs-<hostname>`` and opens ``<user>-linux-<hostname>``, which the script
-names as the image too (``clients/barebox.py``). Those names follow every rebuild, so a rebuild
-between two of the reads would hand the board a FIT from one render and a script or initrd from
-another. A pin prevents that. A client (an address; its ports change with every request) that
-reads a board's script, or any of the board's stable names while it holds no live pin for that
-board, is pinned to the snapshot that answered that read: later reads of the board's stable
-names from that address get that snapshot's entries. A script read always pins anew, to the
-newest snapshot.
+barebox reads a board's names one after the other (``clients/barebox.py`` builds them):
+``devboot`` sources the devboot script, then the ``net`` boot entry probes the ``oftree`` and
+``initramfs`` names and opens the ``linux`` name, which the script names as the image too.
+Those names follow every rebuild, so a rebuild between two of the reads would hand the board a
+FIT from one render and a script or initrd from another. A pin prevents that. A client (an
+address; its ports change with every request) that reads a board's script, or any of the
+board's stable names while it holds no live pin for that board, is pinned to the snapshot that
+answered that read: later reads of the board's stable names from that address get that
+snapshot's entries. A script read always pins anew, to the newest snapshot.
 
 A pin lives while its client keeps reading that board's names: it ends ``idle`` seconds after
 the last read (a transfer still running counts as reading), and ``limit`` seconds after it was

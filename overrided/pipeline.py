@@ -29,8 +29,8 @@ from pydantic import ValidationError
 from overrided import builds as builds_mod
 from overrided.builds import Build, index_build
 from overrided.catalog import Catalog, Group
-from overrided.clients.barebox import script_name, stable_names
-from overrided.config import Board, display_path, hostname_of, load_boards
+from overrided.clients.barebox import default_hostname, script_name, stable_names
+from overrided.config import Board, display_path, load_boards
 from overrided.errors import OverridedError
 from overrided.render import Render, RenderContext, RenderMemo, pick_build, render_board
 from overrided.served import Entry
@@ -439,7 +439,7 @@ def hostnames(build: Build) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for c in build.configurations:
         if c.compatible and "," in c.compatible[0]:
-            out.setdefault(hostname_of(c.compatible[0]).lower(), []).append(c.name)
+            out.setdefault(default_hostname(c.compatible[0]).lower(), []).append(c.name)
     return out
 
 
@@ -458,7 +458,7 @@ def _render_hostnames(
         if len(configs) != 1:
             continue
         conf = by_name[configs[0]]
-        host = hostname_of(conf.compatible[0])  # as barebox has it, case and all
+        host = default_hostname(conf.compatible[0])  # as barebox has it, case and all
         for user in sorted(users):
             if (user, host) in claimed:
                 continue
@@ -473,7 +473,7 @@ def _render_hostnames(
                 )
                 out[(user, host)] = render_board(board, [latest], env.ctx)
             except (OverridedError, ValidationError) as err:
-                log.debug("board %s-devboot-%s: not served: %s", user, host, err)
+                log.debug("board %s: not served: %s", script_name(user, host), err)
     return out
 
 

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 from overrided import cpio
 from overrided.builds import Build, FitCache
-from overrided.clients import Artifacts, Renderer
+from overrided.clients import Artifacts, Renderer, barebox
 from overrided.clients.barebox import net_name
-from overrided.config import Board, hostname_of
+from overrided.config import Board
 from overrided.errors import OverridedError
 from overrided.served import Piece, View
 from overrided.state import BoardInfo
@@ -553,7 +553,7 @@ def unknown_board_candidates(build: Build, hostname: str) -> list[str]:
         for c in build.configurations
         if c.compatible
         and "," in c.compatible[0]
-        and hostname_of(c.compatible[0]).lower() == hostname.lower()
+        and barebox.default_hostname(c.compatible[0]).lower() == hostname.lower()
     ]
 
 
@@ -561,7 +561,7 @@ def board_for_hostname(user: str, hostname: str, build: Build) -> Board:
     """A board known only by the name it asked for: matched against the build's FIT.
 
     barebox's ``global.hostname`` defaults to the board's first DT compatible without the
-    vendor, so ``<user>-devboot-rock3a`` can only come from a ``<vendor>,rock3a`` board;
+    vendor, so the devboot script of ``rock3a`` can only come from a ``<vendor>,rock3a`` board;
     exactly one such configuration makes it unambiguous. ``RenderError`` says why not.
     """
     names = unknown_board_candidates(build, hostname)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from pathlib import Path
 
 from overrided import builds as builds_mod
 from overrided.catalog import Catalog
+from overrided.clients import barebox
 from overrided.config import Settings
 from overrided.pins import Pins
 from overrided.pipeline import (
@@ -45,12 +45,6 @@ from overrided.store import Store
 
 log = logging.getLogger("overrided.service")
 
-# The names barebox itself asks for (docs/design.md): a request for one of these from a user
-# not rendered yet is worth rendering hostname-only boards for.
-_STABLE = re.compile(
-    r"(?P<user>[A-Za-z0-9][A-Za-z0-9._+]*?)-(?:devboot|linux|oftree|initramfs)-"
-    r"(?P<host>[A-Za-z0-9][A-Za-z0-9._+-]*)"
-)
 # How long a request may be held for a render in progress (barebox gives up after about 15 s
 # without an answer, and resends its request every second meanwhile).
 HOLD_LIMIT = 10.0
@@ -304,11 +298,11 @@ class OverridedService:
     ) -> NotServed:
         """Why ``name`` is not served, or ``Held`` if a refresh (running, or started here for
         a new user of hostname-only boards) may serve it soon."""
-        m = _STABLE.fullmatch(name)
+        stable = barebox.parse_stable_name(name)
         reason = str(err)
         wanted_user: str | None = None
-        if m is not None:
-            user, host = m.group("user"), m.group("host")
+        if stable is not None:
+            user, _, host = stable
             reason = f"{err}: {why_not(snapshot, user, host)}"
             latest = snapshot.latest()
             if (
@@ -354,9 +348,9 @@ class OverridedService:
         # Boards that asked for barebox names nothing serves, with the reason.
         asked: dict[tuple[str, str], None] = {}
         for t in self.journal.of(None):
-            m = _STABLE.fullmatch(t.name)
-            if m is not None and t.name not in s.catalog:
-                asked.setdefault((m.group("user"), m.group("host")), None)
+            stable = barebox.parse_stable_name(t.name)
+            if stable is not None and t.name not in s.catalog:
+                asked.setdefault((stable[0], stable[2]), None)
         for user, host in sorted(asked):
             if (user, host) in claimed or (user, host) in s.hostname_renders:
                 continue

@@ -26,9 +26,51 @@ from the snapshot of its script read (``pins.py``), so the FIT still matches the
 
 from __future__ import annotations
 
+import re
+
 from overrided.clients import Artifacts
-from overrided.config import unsafe_value_reason
 from overrided.errors import OverridedError
+
+# Names that become parts of served file names (``<user>-devboot-<hostname>``): barebox builds
+# these names in its shell, so keep them to characters that need no quoting anywhere.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+NAME_RULE = "letters, digits, '.', '_', '+', '-'"
+# barebox global variable names: ``global linux.bootargs.dyn.<name>``.
+VARIABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# Inside barebox hush double quotes, ``$``, backquote, ``\`` and ``"`` keep a special meaning and
+# a newline ends the command; we refuse them rather than rely on escaping rules that differ
+# between shells (barebox ``common/hush.c`` is not POSIX sh).
+_UNSAFE_VALUE = re.compile(r'["$`\\\x00-\x1f\x7f]')
+# The roles of the unversioned names: the devboot script, then what the ``net`` entry opens.
+ROLES = ("devboot", "linux", "oftree", "initramfs")
+# ``<user>-<role>-<hostname>``, parsed for boards known only by the names they ask for. A user
+# with a '-' could not be told apart from the role word, so the user part here has none.
+_STABLE = re.compile(
+    r"(?P<user>[A-Za-z0-9][A-Za-z0-9._+]*?)-(?P<role>" + "|".join(ROLES) + r")-"
+    r"(?P<host>[A-Za-z0-9][A-Za-z0-9._+-]*)"
+)
+
+
+def unsafe_value_reason(value: str) -> str | None:
+    """Why ``value`` cannot sit inside barebox double quotes, or ``None`` if it can."""
+    m = _UNSAFE_VALUE.search(value)
+    if m is None:
+        return None
+    return f"must not contain {m.group()!r} (barebox shell quoting)"
+
+
+def default_hostname(compatible: str) -> str:
+    """barebox's default ``global.hostname``: the compatible without its vendor prefix."""
+    return compatible.split(",", 1)[-1]
+
+
+def parse_stable_name(name: str) -> tuple[str, str, str] | None:
+    """``(user, role, hostname)`` of an unversioned barebox name such as
+    ``afa-devboot-rock3a``; ``None`` for any other name."""
+    m = _STABLE.fullmatch(name)
+    if m is None:
+        return None
+    return m.group("user"), m.group("role"), m.group("host")
 
 
 class ScriptError(OverridedError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from overrided.clients.barebox import script_name
 from overrided.config import load_boards
 
 
@@ -25,7 +26,7 @@ def list_boards(args: argparse.Namespace) -> int:
     boards, errors = load_boards(args.boards)
     for b in boards:
         print(
-            f"{b.name}\t{b.user}-devboot-{b.hostname}\t{b.rule}\t{', '.join(b.compatible)}"
+            f"{b.name}\t{script_name(b.user, b.hostname)}\t{b.rule}\t{', '.join(b.compatible)}"
             f"\tbuild={b.build or 'latest'}"
         )
     for err in errors.values():

@@ -30,6 +30,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel
 
+from overrided.clients.barebox import script_name
 from overrided.errors import OverridedError
 from overrided.http.context import MAX_UPLOAD, SERVICE, UPLOAD_LOCKS
 from overrided.http.errors import RequestError
@@ -410,12 +411,8 @@ class UploadAnswer(BaseModel):
 
 
 def devboot_name(board: BoardInfo) -> str:
-    """The devboot script name barebox fetches for ``board`` (design.md, "barebox")."""
-    for names in board.served.values():
-        for name in names:
-            if "-devboot-" in name:
-                return name
-    return f"{board.user}-devboot-{board.hostname}"
+    """The devboot script name barebox fetches for ``board``."""
+    return script_name(board.user, board.hostname)
 
 
 def answer(result: IndexResult, files: list[str], size: int) -> UploadAnswer:
