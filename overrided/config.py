@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from overrided.clients import barebox
+from overrided.clients import FORMATS, barebox
 from overrided.clients.barebox import unsafe_value_reason
 from overrided.errors import OverridedError
 
@@ -23,8 +23,6 @@ _NAME = barebox.NAME
 _VAR = barebox.VARIABLE
 # A field or key that error messages show as it is; others are quoted (repr).
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.+-]+\Z")
-
-Format = Literal["barebox", "pxe", "bootscr", "ipxe"]
 
 
 class BoardError(OverridedError):
@@ -50,7 +48,7 @@ class Board(BaseModel):
     bootargs: dict[str, str] = Field(default_factory=dict)
     sign: str | None = None  # key name in the keys folder: sign the per-board FIT
     signed_images_forced: bool = False  # the board enforces signed images: overrides are ignored
-    formats: list[Format] = Field(default_factory=lambda: list[Format](["barebox"]))
+    formats: list[str] = Field(default_factory=lambda: ["barebox"])  # clients.FORMATS
     mac: str | None = None
 
     @field_validator("image", "initrd", mode="before")
@@ -67,6 +65,14 @@ class Board(BaseModel):
         for s in value:
             if not s or any(c.isspace() for c in s):
                 raise ValueError(f"{s!r} is not a compatible string")
+        return value
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        for f in value:
+            if f not in FORMATS:
+                raise ValueError(f"{f!r} is not a format (known: {', '.join(FORMATS)})")
         return value
 
     @field_validator("hostname", "user")

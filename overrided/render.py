@@ -19,7 +19,6 @@ script names the ``boot net`` image ``<user>-linux-<hostname>`` instead (see
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from overrided import cpio
 from overrided.builds import Build, FitCache
-from overrided.clients import Artifacts, Renderer, barebox
+from overrided.clients import FORMATS, Artifacts, Renderer, barebox
 from overrided.clients.barebox import net_name
 from overrided.config import Board
 from overrided.errors import OverridedError
@@ -47,14 +46,6 @@ log = logging.getLogger(__name__)
 
 # Bumped whenever the rendered output for the same inputs changes (invalidates cached warnings).
 RENDER_VERSION = "3"
-
-# format → (module, function); imported when a board asks, so a format works once it exists.
-RENDERERS: dict[str, tuple[str, str]] = {
-    "barebox": ("overrided.clients.barebox", "render"),
-    "pxe": ("overrided.clients.uboot", "render_pxe"),
-    "bootscr": ("overrided.clients.uboot", "render_bootscr"),
-    "ipxe": ("overrided.clients.ipxe", "render"),
-}
 
 # CPIO blobs whose members are remembered (a few builds' modules and init CPIOs).
 _INSPECTED = 16
@@ -290,13 +281,10 @@ def versioned_name(user: str, role: str, hostname: str, digest: str) -> str:
 
 
 def renderer_for(fmt: str) -> Renderer:
-    """The render function for a board format; ``RenderError`` if it is not available."""
-    module, func = RENDERERS[fmt]
-    try:
-        r: Renderer = getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as err:
-        raise RenderError(f"format {fmt!r} is not available: {err}") from None
-    return r
+    """The render function for a board format; ``RenderError`` if there is none."""
+    if fmt not in FORMATS:
+        raise RenderError(f"format {fmt!r} is not available (known: {', '.join(FORMATS)})")
+    return FORMATS[fmt].render
 
 
 def _overlay_path(name: str, ctx: RenderContext, build: Build) -> Path:
@@ -431,14 +419,15 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
     fit_name = publish("fit", fit_view)
 
     kernel_name: str | None = None
-    # A plain kernel for boards that boot one, and for iPXE, which cannot boot a FIT.
-    if board.image == "kernel" or "ipxe" in board.formats:
+    # A plain kernel for boards that boot one, and for formats that cannot boot a FIT (iPXE).
+    plain = [f for f in board.formats if f in FORMATS and FORMATS[f].plain_kernel]
+    if board.image == "kernel" or plain:
         try:
             kernel_name = publish("kernel", _plain_kernel(parts, build, conf.kernel))
         except RenderError as err:
             if board.image == "kernel":
                 raise
-            warnings.append(f"ipxe: {err}")
+            warnings += [f"{f}: {err}" for f in plain]
     # barebox's `boot net` image, which the devboot script names too: what the board's image
     # mode boots (a FIT for `image = "none"`, so that plain `boot net` works).
     if board.image == "kernel" and kernel_name:

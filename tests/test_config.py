@@ -79,7 +79,7 @@ console = "console=ttyS2,1500000 earlycon"
         ('compatible = ["v,b"]\nuser = "a/b"', "boards/x.toml: user: 'a/b' must be"),
         ('compatible = ["v,b"]\ncolour = "red"', "boards/x.toml: colour: is not a board field"),
         ('compatible = ["v,b"]\nmac = "52:54:00"', "boards/x.toml: mac: '52:54:00' is not a MAC"),
-        ('compatible = ["v,b"]\nformats = ["grub"]', "boards/x.toml: formats.0: Input should be"),
+        ('compatible = ["v,b"]\nformats = ["grub"]', "boards/x.toml: formats: 'grub' is not a"),
         ('compatible = ["v,b"]\nname = "y"', "boards/x.toml: name: is the file name"),
         ("compatible = [", "boards/x.toml: not valid TOML: "),
         # Values end up inside barebox hush double quotes: refuse what hush would interpret.

@@ -1,6 +1,8 @@
 """Override descriptions per bootloader: each module renders a board's ``Artifacts`` into files.
 
-A renderer is a pure function ``render(artifacts) -> dict[served name, bytes]``. The service core
+A renderer is a pure function ``render(artifacts) -> dict[served name, bytes]``, registered under
+the name board files list in ``formats`` with ``@register(name)`` where it is defined: adding a
+format is one module here plus its import at the end of this file. The service core
 builds ``Artifacts`` after it has published a board's FIT/kernel/DTB/initrd blobs under versioned
 names, calls the renderers the board asks for, and publishes their output in the same catalog
 swap, so a description never names an artifact from another build. One exception: the barebox
@@ -41,3 +43,32 @@ class Artifacts:
 
 
 Renderer = Callable[[Artifacts], dict[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Format:
+    """An override format a board file may list in ``formats``."""
+
+    name: str
+    render: Renderer
+    plain_kernel: bool = False  # also needs the kernel outside the FIT (iPXE boots no FIT)
+
+
+# Every format, by the name board files use; each client module registers its own.
+FORMATS: dict[str, Format] = {}
+
+
+def register(name: str, *, plain_kernel: bool = False) -> Callable[[Renderer], Renderer]:
+    """Decorator: make ``render`` the renderer of format ``name``."""
+
+    def add(render: Renderer) -> Renderer:
+        if name in FORMATS:
+            raise ValueError(f"format {name!r} is registered twice")
+        FORMATS[name] = Format(name, render, plain_kernel)
+        return render
+
+    return add
+
+
+# The formats that ship with overrided register themselves when their modules load.
+from overrided.clients import barebox, ipxe, uboot  # noqa: E402, F401

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-from overrided.clients import Artifacts
+from overrided.clients import Artifacts, register
 from overrided.errors import OverridedError
 
 # Names that become parts of served file names (``<user>-devboot-<hostname>``): barebox builds
@@ -154,6 +154,7 @@ def devboot_script(a: Artifacts, *, warnings: tuple[str, ...] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+@register("barebox")
 def render(artifacts: Artifacts) -> dict[str, bytes]:
     """The devboot script under ``<user>-devboot-<hostname>``."""
     text = devboot_script(artifacts)

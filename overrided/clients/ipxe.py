@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from overrided.clients import Artifacts
+from overrided.clients import Artifacts, register
 from overrided.errors import OverridedError
 
 INITRD_NAME = "initrd"
@@ -71,6 +71,7 @@ def script(artifacts: Artifacts) -> str:
     return "\n".join(lines) + "\n"
 
 
+@register("ipxe", plain_kernel=True)
 def render(artifacts: Artifacts) -> dict[str, bytes]:
     """``{boot/<board>.ipxe: script}``."""
     return {script_name(artifacts): script(artifacts).encode()}

@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from overrided.clients import Artifacts
+from overrided.clients import Artifacts, register
 from overrided.errors import OverridedError
 
 PXE_DIR = "pxelinux.cfg"
@@ -144,6 +144,7 @@ def pxe_entry(artifacts: Artifacts) -> str:
     return "\n".join(lines) + "\n"
 
 
+@register("pxe")
 def render_pxe(artifacts: Artifacts) -> dict[str, bytes]:
     """``{pxelinux.cfg/01-<mac> or pxelinux.cfg/<board>: entry}`` for ``pxe get; pxe boot``."""
     return {pxe_name(artifacts): pxe_entry(artifacts).encode()}
@@ -247,6 +248,7 @@ def legacy_script_image(script: str, *, name: str, arch: str) -> bytes:
     return LEGACY_HEADER.pack(fields[0], hcrc, *fields[2:]) + data
 
 
+@register("bootscr")
 def render_bootscr(artifacts: Artifacts) -> dict[str, bytes]:
     """``{<board>.scr: legacy script image}`` for ``tftpboot ${loadaddr} <board>.scr; source``."""
     script = boot_script(artifacts)
