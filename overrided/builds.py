@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import watchfiles
 
+from overrided import codecs
 from overrided.errors import OverridedError
 from overrided.state import BuildInfo, ConfigInfo
 from overrided.store import Blob, Store, StoreError, fingerprint
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KERNEL_NAMES = ("Image", "Image.gz", "zImage")
-_MODULES = re.compile(r"modules-(?P<rest>.+?)\.cpio(?:\.(?:gz|xz|zst|lz4|lzo|bz2|lzma))?")
+# ``modules-<release>[-<arch>].cpio``, optionally compressed (``codecs.py`` lists the suffixes).
+MODULES_NAME = re.compile(rf"modules-(?P<rest>.+?)\.cpio(?:\.(?:{codecs.SUFFIX_ALTERNATION}))?")
 # Architectures as kbuild names them; `modules-<release>-<arch>.cpio` carries one at the end.
 _ARCHES = ("arm64", "arm", "riscv", "x86", "x86_64", "powerpc", "mips", "loongarch")
 _KERNEL_ARCH = {"Image": "arm64", "Image.gz": "arm64", "zImage": "arm"}
@@ -134,7 +136,7 @@ def release_of_modules_name(name: str) -> str | None:
     release may itself end in an arch-like word (Debian's ``6.1.0-56-arm64``), so exactly one
     trailing arch is dropped only when another arch-like word or version part remains before it.
     """
-    m = _MODULES.fullmatch(name)
+    m = MODULES_NAME.fullmatch(name)
     if not m:
         return None
     rest = m.group("rest")
@@ -222,7 +224,7 @@ def find_inputs(root: Path) -> Inputs:
             kernels.append(path)
         elif name.endswith(".dtb"):
             found.dtbs.append(path)
-        elif _MODULES.fullmatch(name):
+        elif MODULES_NAME.fullmatch(name):
             found.modules.append(path)
 
     def newest(paths: list[Path]) -> Path:

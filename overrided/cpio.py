@@ -18,13 +18,11 @@ which are also what kbuild uses to write these formats (``scripts/Makefile.lib``
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import lzma
 import os
 import re
 import stat
-import struct
 import subprocess
 import tarfile
 import tempfile
@@ -35,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from overrided import codecs
 from overrided.errors import OverridedError
 
 HEADER_SIZE = 110
@@ -46,36 +45,8 @@ MAGIC_CRC = b"070702"
 TRAILER = "TRAILER!!!"
 _CHUNK = 1 << 20
 
-# The kernel's table in lib/decompress.c dispatches on the first two bytes only; we require each
-# format's full magic so that a random file is not taken for a compressed archive. Every magic
-# below starts with the kernel's two bytes, so we accept nothing the kernel would route elsewhere.
-COMPRESSION_MAGICS: tuple[tuple[bytes, str], ...] = (
-    (b"\x1f\x8b\x08", "gzip"),
-    (b"\x1f\x9e", "gzip"),  # "old" gzip magic, accepted by lib/decompress.c
-    (b"BZh", "bzip2"),
-    (b"\x5d\x00\x00", "lzma"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x89LZO\x00\r\n\x1a\n", "lzo"),
-    (b"\x02\x21\x4c\x18", "lz4"),  # legacy frame (`lz4 -l`); the kernel has no lz4 frame decoder
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-)
-
-COMPRESSIONS: tuple[str, ...] = ("gzip", "bzip2", "lzma", "xz", "lzo", "lz4", "zstd")
-
-# Commands writing what the kernel reads (the tools kbuild's scripts/Makefile.lib uses). Levels
-# are chosen for a service that packs ~300 MB of modules per build: on that input zstd -19 takes
-# minutes for 13% less than -9 (seconds); gzip likewise gets level 6, not kbuild's 9. Names, modes
-# and times are left out of the lzop header so the output is reproducible.
-_COMPRESS_TOOLS: dict[str, list[str]] = {
-    "zstd": ["zstd", "-q", "-c", "-9", "-T0"],
-    "lz4": ["lz4", "-q", "-l", "-9", "-c"],
-    "lzo": ["lzop", "-q", "-9", "-c", "--no-name", "--no-mode", "--no-time"],
-}
-_DECOMPRESS_TOOLS: dict[str, list[str]] = {
-    "zstd": ["zstd", "-q", "-d", "-c"],
-    "lz4": ["lz4", "-q", "-d", "-c"],
-    "lzo": ["lzop", "-q", "-d", "-c"],
-}
+# The compressions an initramfs part may have: ``codecs.py`` holds their magics and tools.
+COMPRESSIONS: tuple[str, ...] = codecs.INITRAMFS
 
 
 class CpioError(OverridedError):
@@ -93,9 +64,9 @@ def compression_of(head: bytes) -> str | None:
     """
     if head[:6] in (MAGIC_NEWC, MAGIC_CRC):
         return None
-    for magic, name in COMPRESSION_MAGICS:
-        if head.startswith(magic):
-            return name
+    codec = codecs.of_stream(head)
+    if codec is not None:
+        return codec.name
     raise CpioError(f"unknown format (first bytes {head[:8].hex(' ')})")
 
 
@@ -399,57 +370,6 @@ def _file_chunks(f: BinaryIO, start: int, end: int | None = None) -> Iterator[by
         yield chunk
 
 
-class _Decoder(Protocol):
-    @property
-    def eof(self) -> bool: ...
-
-    @property
-    def needs_input(self) -> bool: ...
-
-    @property
-    def unused_data(self) -> bytes: ...
-
-    def decompress(self, data: bytes, max_length: int = -1, /) -> bytes: ...
-
-
-class _GzipDecoder:
-    """zlib's decompressobj with the interface of lzma's and bz2's decompressors.
-
-    zlib hands back input it did not get to (``unconsumed_tail``) where the others keep it.
-    """
-
-    def __init__(self) -> None:
-        self._obj = zlib.decompressobj(wbits=31)  # 16 + 15: one gzip member, like gunzip()
-        self._full = False
-
-    @property
-    def eof(self) -> bool:
-        return self._obj.eof
-
-    @property
-    def needs_input(self) -> bool:
-        return not self._obj.unconsumed_tail and not self._full
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._obj.unused_data
-
-    def decompress(self, data: bytes, max_length: int = -1, /) -> bytes:
-        out = self._obj.decompress(self._obj.unconsumed_tail + data, max(max_length, 0))
-        self._full = max_length > 0 and len(out) == max_length
-        return out
-
-
-def _stdlib_decoder(kind: str) -> _Decoder:
-    if kind == "gzip":
-        return _GzipDecoder()
-    if kind == "xz":
-        return lzma.LZMADecompressor(lzma.FORMAT_XZ)
-    if kind == "lzma":
-        return lzma.LZMADecompressor(lzma.FORMAT_ALONE)
-    return bz2.BZ2Decompressor()
-
-
 class _Consumed:
     """Filled in by a decompressing generator once its stream has ended: input bytes used."""
 
@@ -459,7 +379,9 @@ class _Consumed:
 def _stdlib_stream(
     f: BinaryIO, start: int, kind: str, consumed: _Consumed, where: str
 ) -> Iterator[bytes]:
-    decoder = _stdlib_decoder(kind)
+    make = codecs.BY_NAME[kind].decoder
+    assert make is not None
+    decoder = make()
     used = 0
     for chunk in _file_chunks(f, start):
         try:
@@ -481,94 +403,14 @@ def _stdlib_stream(
     raise CpioError(f"{where}: {kind} stream is truncated (the file ends after {used} bytes)")
 
 
-def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
-    data = f.read(n)
-    if len(data) < n:
-        raise CpioError(f"{what} is truncated")
-    return data
-
-
-def _zstd_extent(f: BinaryIO, start: int, where: str) -> int:
-    """Length of the one zstd frame at ``start`` (RFC 8878 §3.1.1), the unit the kernel decodes."""
-    f.seek(start + 4)
-    (fhd,) = _read_exact(f, 1, f"{where}: zstd frame header")
-    fcs_flag, single, checksum, did_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
-    if fhd & 0x08:
-        raise CpioError(f"{where}: zstd frame header has its reserved bit set")
-    pos = start + 5 + (0 if single else 1) + (0, 1, 2, 4)[did_flag]
-    pos += (1 if single else 0, 2, 4, 8)[fcs_flag]
-    while True:
-        f.seek(pos)
-        (b0, b1, b2) = _read_exact(f, 3, f"{where}: zstd block header at {pos}")
-        block = b0 | b1 << 8 | b2 << 16
-        last, kind, size = block & 1, (block >> 1) & 3, block >> 3
-        if kind == 3:
-            raise CpioError(f"{where}: zstd block at offset {pos} has the reserved type")
-        pos += 3 + (1 if kind == 1 else size)
-        if last:
-            return pos + (4 if checksum else 0) - start
-
-
-def _lz4_extent(f: BinaryIO, start: int, end: int, where: str) -> int:
-    """Length of the lz4 legacy stream at ``start`` as ``unlz4`` (lib/decompress_unlz4.c) reads it.
-
-    The legacy frame has no end mark: the kernel reads chunk after chunk until fewer than 4 bytes
-    remain or it meets a zero chunk size; a repeated magic is skipped. So whatever follows an lz4
-    stream in an initrd must begin with 4 NUL bytes.
-    """
-    pos = start + 4
-    while end - pos >= 4:
-        f.seek(pos)
-        (word,) = struct.unpack("<I", f.read(4))
-        if word == 0x184C2102:
-            pos += 4
-            continue
-        if word == 0:
-            break
-        if pos + 4 + word > end:
-            raise CpioError(
-                f"{where}: lz4 chunk at offset {pos} claims {word} bytes but the file ends at "
-                f"{end} (data after an lz4 stream must start with 4 NUL bytes)"
-            )
-        pos += 4 + word
-    return pos - start
-
-
-# lzop header flags (lzop's conf.h), which decide which optional fields are present.
-_F_ADLER32_D, _F_ADLER32_C, _F_H_EXTRA_FIELD = 0x1, 0x2, 0x40
-_F_CRC32_D, _F_CRC32_C, _F_H_FILTER = 0x100, 0x200, 0x800
-
-
-def _lzo_extent(f: BinaryIO, start: int, where: str) -> int:
-    """Length of the lzop stream at ``start``: header, blocks, and the zero end-of-stream word."""
-    f.seek(start + 9)
-    (
-        version,
-        _lib,
-    ) = struct.unpack(">HH", _read_exact(f, 4, f"{where}: lzop header"))
-    pos = start + 13
-    if version >= 0x0940:
-        pos += 2 + 2  # version needed to extract; method and level
-    else:
-        pos += 1  # method
-    f.seek(pos)
-    (flags,) = struct.unpack(">I", _read_exact(f, 4, f"{where}: lzop header"))
-    if flags & _F_H_EXTRA_FIELD:
-        raise CpioError(f"{where}: lzop header extra fields are not supported by the kernel")
-    pos += 4 + (4 if flags & _F_H_FILTER else 0) + 4 + 4 + (4 if version >= 0x0940 else 0)
-    f.seek(pos)
-    (name_len,) = _read_exact(f, 1, f"{where}: lzop header")
-    pos += 1 + name_len + 4  # name, header checksum
-    d_sum = 4 if flags & (_F_ADLER32_D | _F_CRC32_D) else 0
-    c_sum = 4 if flags & (_F_ADLER32_C | _F_CRC32_C) else 0
-    while True:
-        f.seek(pos)
-        (dst_len,) = struct.unpack(">I", _read_exact(f, 4, f"{where}: lzo block at {pos}"))
-        pos += 4
-        if dst_len == 0:
-            return pos - start
-        (src_len,) = struct.unpack(">I", _read_exact(f, 4, f"{where}: lzo block at {pos}"))
-        pos += 4 + d_sum + (c_sum if src_len < dst_len else 0) + src_len
+def _extent(f: BinaryIO, start: int, kind: str, size: int, where: str) -> int:
+    """Length of the one ``kind`` stream at ``start``, from its framing (tool codecs)."""
+    extent = codecs.BY_NAME[kind].extent
+    assert extent is not None
+    try:
+        return extent(f, start, size, where)
+    except codecs.CodecError as err:
+        raise CpioError(str(err)) from None
 
 
 def _tool_stream(
@@ -577,16 +419,18 @@ def _tool_stream(
     """Decompress ``length`` bytes at ``start`` through Debian's tool, as a bounded stream."""
     if start + length > file_size:
         raise CpioError(f"{where}: {kind} stream is truncated (the file ends at {file_size})")
+    tool = codecs.BY_NAME[kind].tool
+    assert tool is not None
     try:
         proc = subprocess.Popen(
-            _DECOMPRESS_TOOLS[kind],
+            tool.decompress,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
     except FileNotFoundError:
-        tool = _DECOMPRESS_TOOLS[kind][0]
-        raise CpioError(f"{where}: reading {kind} needs the {tool} tool, not installed") from None
+        missing = codecs.BY_NAME[kind].missing_tool()
+        raise CpioError(f"{where}: reading {missing}") from None
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     stdin = proc.stdin
 
@@ -663,15 +507,10 @@ def _walk(path: Path) -> Iterator[Entry | Part]:
                 )
             consumed = _Consumed()
             chunks: Iterator[bytes]
-            if kind in ("gzip", "xz", "lzma", "bzip2"):
+            if codecs.BY_NAME[kind].decoder is not None:
                 chunks = _stdlib_stream(f, pos, kind, consumed, where)
             else:
-                if kind == "zstd":
-                    length = _zstd_extent(f, pos, where)
-                elif kind == "lz4":
-                    length = _lz4_extent(f, pos, size, where)
-                else:
-                    length = _lzo_extent(f, pos, where)
+                length = _extent(f, pos, kind, size, where)
                 consumed.value = length
                 chunks = _tool_stream(f, pos, length, kind, where, size)
             inner = _Chunks(chunks)
@@ -726,16 +565,11 @@ def decompressed(path: Path, offset: int = 0) -> Iterator[bytes]:
             yield from _file_chunks(f, offset)
             return
         where = f"{path}: offset {offset}"
-        if kind in ("gzip", "xz", "lzma", "bzip2"):
+        if codecs.BY_NAME[kind].decoder is not None:
             yield from _stdlib_stream(f, offset, kind, _Consumed(), where)
             return
         size = os.fstat(f.fileno()).st_size
-        if kind == "zstd":
-            length = _zstd_extent(f, offset, where)
-        elif kind == "lz4":
-            length = _lz4_extent(f, offset, size, where)
-        else:
-            length = _lzo_extent(f, offset, where)
+        length = _extent(f, offset, kind, size, where)
         yield from _tool_stream(f, offset, length, kind, where, size)
 
 
@@ -910,33 +744,28 @@ class _Compressing:
     def __init__(self, out: BinaryIO, kind: str | None) -> None:
         self._out = out
         self._kind = kind
-        self._obj: zlib._Compress | lzma.LZMACompressor | bz2.BZ2Compressor | None = None
+        self._obj: codecs.Compressor | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
         self._failure: OSError | None = None  # a write error met by the pump thread
         self.written = 0
         if kind is None:
             return
-        if kind == "gzip":
-            # No name and mtime 0 in the gzip header keep the output reproducible.
-            self._obj = zlib.compressobj(6, zlib.DEFLATED, 31)
-        elif kind == "xz":
-            # The kernel's xz decoder knows CRC32 but not every check; kbuild uses --check=crc32.
-            self._obj = lzma.LZMACompressor(lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
-        elif kind == "lzma":
-            self._obj = lzma.LZMACompressor(lzma.FORMAT_ALONE)
-        elif kind == "bzip2":
-            self._obj = bz2.BZ2Compressor(9)
-        elif kind in _COMPRESS_TOOLS:
-            self._start_tool(_COMPRESS_TOOLS[kind])
-        else:
+        codec = codecs.BY_NAME.get(kind)
+        if codec is None or kind not in COMPRESSIONS:
             raise CpioError(f"unknown compression {kind!r} (choose from {', '.join(COMPRESSIONS)})")
+        if codec.compressor is not None:
+            self._obj = codec.compressor(codec.levels[0])
+        else:
+            self._start_tool(codec)
 
-    def _start_tool(self, cmd: list[str]) -> None:
+    def _start_tool(self, codec: codecs.Codec) -> None:
+        assert codec.tool is not None
+        cmd = codec.tool.compress["initramfs"]
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         except FileNotFoundError:
-            raise CpioError(f"{cmd[0]} is not installed; it is needed for {self._kind}") from None
+            raise CpioError(codec.missing_tool()) from None
         stdout = self._proc.stdout
         assert stdout is not None
 

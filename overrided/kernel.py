@@ -13,7 +13,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from overrided.cpio import COMPRESSION_MAGICS, CpioError, compression_of, decompressed
+from overrided import codecs
+from overrided.cpio import CpioError, compression_of, decompressed
 
 BANNER = b"Linux version "
 # The release is one word of printable ASCII (UTS_RELEASE), at most 64 characters (__NEW_UTS_LEN).
@@ -41,7 +42,7 @@ def _candidates(path: Path) -> list[int]:
     with open(path, "rb") as f:
         head = f.read(_WRAPPER_SCAN)
     found: set[int] = set()
-    for magic, _ in COMPRESSION_MAGICS:
+    for magic in (m for c in codecs.CODECS for m in c.magics):
         start = 0
         while (at := head.find(magic, start)) >= 0:
             found.add(at)

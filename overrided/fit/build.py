@@ -10,11 +10,7 @@ signing needs hash nodes). Layout otherwise follows the newer make_fit.py: ``/im
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import os
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,52 +18,30 @@ from pathlib import Path
 
 import libfdt
 
+from overrided import codecs
 from overrided.fit.hashes import digest
 from overrided.fit.model import FitError, dtb_view
 
-# Compressed payload signatures (file magic), to store an already compressed kernel as it is.
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x1f\x8b", "gzip"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"BZh", "bzip2"),
-    (b"\x04\x22\x4d\x18", "lz4"),
-    (b"\x89LZO", "lzo"),
-)
-# What `build --compression` can write: make_fit.py's -c choices.
-COMPRESSIONS: tuple[str, ...] = ("none", "gzip", "bzip2", "lzma", "lzo", "lz4", "zstd")
-# External compressors for formats the standard library lacks (Debian: zstd, lz4, lzop).
-_TOOLS = {
-    "zstd": ["zstd", "-q", "-c", "-19"],
-    "lz4": ["lz4", "-q", "-c", "-9"],
-    "lzo": ["lzop", "-c", "-9"],
-}
+# What `build --compression` can write: make_fit.py's -c choices (``codecs.py`` has them).
+COMPRESSIONS: tuple[str, ...] = ("none", *codecs.FIT)
 
 
 def detect_compression(data: bytes) -> str:
     """The compression a payload already has, judged by its magic; "none" if unknown."""
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    return "none"
+    codec = codecs.of_payload(data)
+    return codec.name if codec is not None else "none"
 
 
 def compress(data: bytes, method: str) -> bytes:
     """`data` compressed as FIT ``compression = method`` expects it."""
     if method == "none":
         return data
-    if method == "gzip":
-        return gzip.compress(data, compresslevel=9, mtime=0)
-    if method == "bzip2":
-        return bz2.compress(data, 9)
-    if method == "lzma":
-        return lzma.compress(data, format=lzma.FORMAT_ALONE)  # the legacy .lzma U-Boot reads
-    if method in _TOOLS:
-        try:
-            run = subprocess.run(_TOOLS[method], input=data, capture_output=True, check=True)
-        except (OSError, subprocess.CalledProcessError) as err:
-            raise FitError(f"compression {method}: {_TOOLS[method][0]} failed: {err}") from None
-        return run.stdout
-    raise FitError(f"unknown compression {method!r} (known: {', '.join(COMPRESSIONS)})")
+    if method not in COMPRESSIONS:
+        raise FitError(f"unknown compression {method!r} (known: {', '.join(COMPRESSIONS)})")
+    try:
+        return codecs.BY_NAME[method].compress(data, "fit")
+    except codecs.CodecError as err:
+        raise FitError(f"compression {err}") from None
 
 
 def find_dtbs(folder: Path) -> list[Path]:

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
-from overrided import __version__
+from overrided import __version__, codecs
 from overrided.http.api import MAX_JOURNAL, Fetch
 from overrided.http.errors import HttpError
 from overrided.http.uploads import UploadAnswer
@@ -48,8 +48,9 @@ _ARTIFACT = {
     **_path_param("path", "image.fit, modules-*.cpio*, Image*, zImage or [vendor/]*.dtb"),
     "schema": {
         "type": "string",
-        "pattern": r"^(image\.fit|modules-[0-9a-z.+-]+\.cpio(\.(gz|xz|zst))?|Image(\.gz)?"
-        r"|zImage|([a-z0-9-]+/)?[a-z0-9-]+\.dtb)$",
+        "pattern": r"^(image\.fit|modules-[0-9A-Za-z._+-]+\.cpio(\.("
+        + codecs.SUFFIX_ALTERNATION
+        + r"))?|Image(\.gz)?|zImage|([A-Za-z0-9._+,@=-]+/)?[A-Za-z0-9._+,@=-]+\.dtb)$",
     },
 }
 

@@ -30,6 +30,8 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel
 
+from overrided import codecs
+from overrided.builds import MODULES_NAME
 from overrided.clients.barebox import script_name
 from overrided.errors import OverridedError
 from overrided.http.context import MAX_UPLOAD, SERVICE, UPLOAD_LOCKS
@@ -51,8 +53,6 @@ BODY_TIMEOUT = web.AppKey("body_timeout", float)
 # The artifact kinds a build folder holds (design.md, "Sources").
 ARTIFACT_PATTERNS = (
     "image.fit",
-    "modules-*.cpio",
-    "modules-*.cpio.*",
     "Image",
     "Image.*",
     "zImage",
@@ -85,12 +85,14 @@ def check_artifact_path(path: str) -> str:
                 "._+,@=- with no leading dot and no '..'",
             )
     base = parts[-1]
-    if not any(fnmatch.fnmatchcase(base, pattern) for pattern in ARTIFACT_PATTERNS):
+    if not MODULES_NAME.fullmatch(base) and not any(
+        fnmatch.fnmatchcase(base, pattern) for pattern in ARTIFACT_PATTERNS
+    ):
         # (fnmatch's ``*`` matches a newline too; the part check above has refused it already)
         raise RequestError(
             400,
-            f"{path!r} is not a build artifact: upload image.fit, modules-<release>.cpio[.gz|.xz|"
-            ".zst], Image[.gz], zImage or *.dtb",
+            f"{path!r} is not a build artifact: upload image.fit, modules-<release>.cpio"
+            f"[{codecs.suffixes_text()}], Image[.gz], zImage or *.dtb",
         )
     if len(parts) > 1 and not base.endswith(".dtb"):
         raise RequestError(400, f"{path!r}: only DTBs may sit in subfolders (vendor/board.dtb)")
