@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from overrided.tftp.transfer import describe
+from tests.support.tftp import ServerThread
 from tests.support.tftp_clients import atftp, curl, tftp_hpa
-from tests.test_tftp_support import ServerThread
 
 BIG = 40 << 20
 

@@ -25,13 +25,13 @@ from overrided.served import TABLE_ROW, Transfer, View
 from overrided.tftp import launcher as launcher_module
 from overrided.tftp.launcher import SPARES, TransferJob, job_message, take_job
 from overrided.tftp.packets import ErrorCode, Negotiated, encode_error
-from tests.test_tftp_protocol import read_whole
-from tests.test_tftp_support import (
+from tests.support.tftp import (
     RawClient,
     ServerThread,
     ViewNamespace,
     data_blocks,
     pieced_view,
+    read_whole,
     wait_until,
 )
 

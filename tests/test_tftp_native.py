@@ -33,13 +33,13 @@ from overrided.tftp.packets import (
     encode_error,
     opcode_of,
 )
-from tests.test_tftp_protocol import read_whole
-from tests.test_tftp_support import (
+from tests.support.tftp import (
     RawClient,
     ServerThread,
     ViewNamespace,
     data_blocks,
     pieced_view,
+    read_whole,
 )
 
 

@@ -26,7 +26,7 @@ from overrided.tftp.packets import (
         (b"\x00\x01f\x00octet\x00", "f", "octet", {}),
         (b"\x00\x01/a/b\x00OCTET\x00", "/a/b", "octet", {}),
         (b"\x00\x02f\x00netascii\x00", "f", "netascii", {}),
-        # barebox's probe: blksize 512 and tsize 0 (design.md, "barebox")
+        # barebox's probe: blksize 512 and tsize 0 (docs/design.md, "barebox")
         (
             b"\x00\x01none-linux-rock3a\x00octet\x00blksize\x00512\x00tsize\x000\x00",
             "none-linux-rock3a",

@@ -25,7 +25,7 @@ from overrided.tftp.packets import (
     parse_error,
     parse_oack,
 )
-from tests.test_tftp_support import RawClient, ServerThread, data_blocks, wait_until
+from tests.support.tftp import RawClient, ServerThread, data_blocks, read_whole, wait_until
 
 SMALL = bytes(range(256)) * 4  # 1024 bytes: two full 512-byte blocks and an empty one
 BIG = os.urandom(600 * 1024)
@@ -52,31 +52,6 @@ def server(
         monkeypatch.setenv("OVERRIDED_TFTP_LAUNCHER", "0")
     with ServerThread(root, timeout=0.3, retries=2) as srv:
         yield srv
-
-
-def read_whole(port: int, name: str = "small", options: dict[str, str] | None = None) -> bytes:
-    """Read a file lockstep with the raw client (window 1), checking every packet."""
-    client = RawClient(port)
-    try:
-        client.request(name, options)
-        blksize = int((options or {}).get("blksize", 512))
-        first = client.recv()
-        out = b""
-        if opcode_of(first) == Opcode.OACK:
-            client.send(encode_ack(0))
-            first = client.recv()
-        packet, block = first, 1
-        while True:
-            assert opcode_of(packet) == Opcode.DATA, parse_error(packet)
-            assert data_blocks([packet]) == [block & 0xFFFF]
-            out += packet[4:]
-            client.send(encode_ack(block))
-            if len(packet) - 4 < blksize:
-                return out
-            block += 1
-            packet = client.recv()
-    finally:
-        client.close()
 
 
 MALFORMED = [

@@ -20,8 +20,8 @@ import pytest
 
 from overrided.served import Piece, View
 from overrided.tftp.packets import netascii_encode
+from tests.support.tftp import ServerThread, ViewNamespace, pieced_view, wait_until
 from tests.support.tftp_clients import atftp, curl, tftp_hpa
-from tests.test_tftp_support import ServerThread, ViewNamespace, pieced_view, wait_until
 
 # Piece lengths: several boundaries in one block (1, 2, 3, 7), pieces just under and over a
 # block of each size, and pieces longer than a read-ahead run or a window.

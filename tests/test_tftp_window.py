@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from overrided.tftp.packets import Opcode, encode_ack, opcode_of
-from tests.test_tftp_support import RawClient, ServerThread
+from tests.support.tftp import RawClient, ServerThread
 
 BLKSIZE = 512
 WINDOW = 16

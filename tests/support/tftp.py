@@ -1,6 +1,5 @@
 """Shared pieces of the TFTP tests: a server on its own thread, an observer that records, a
 raw UDP client for hand-made packets, views of many pieces and a namespace that serves them.
-(No tests here; the ``test_tftp_*`` modules import it.)
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any
 from overrided.folder import FolderNamespace
 from overrided.served import Entry, Namespace, NotServed, Piece, Transfer, View, clean_name
 from overrided.tftp import TftpServer
-from overrided.tftp.packets import Opcode, encode_request, opcode_of
+from overrided.tftp.packets import Opcode, encode_ack, encode_request, opcode_of, parse_error
 
 
 class RecordingObserver:
@@ -189,3 +188,28 @@ def pieced_view(folder: Path, lengths: Sequence[int], *, seed: int = 0) -> View:
             path = files[0 if i % 3 == 0 else 1]
             pieces.append(Piece(length, path, rng.randrange(8192)))
     return View(tuple(pieces))
+
+
+def read_whole(port: int, name: str = "small", options: dict[str, str] | None = None) -> bytes:
+    """Read a file lockstep with the raw client (window 1), checking every packet."""
+    client = RawClient(port)
+    try:
+        client.request(name, options)
+        blksize = int((options or {}).get("blksize", 512))
+        first = client.recv()
+        out = b""
+        if opcode_of(first) == Opcode.OACK:
+            client.send(encode_ack(0))
+            first = client.recv()
+        packet, block = first, 1
+        while True:
+            assert opcode_of(packet) == Opcode.DATA, parse_error(packet)
+            assert data_blocks([packet]) == [block & 0xFFFF]
+            out += packet[4:]
+            client.send(encode_ack(block))
+            if len(packet) - 4 < blksize:
+                return out
+            block += 1
+            packet = client.recv()
+    finally:
+        client.close()
