@@ -6,6 +6,12 @@ signing needs hash nodes). Layout otherwise follows the newer make_fit.py: ``/im
 (``kernel_noload``, load = entry = 0), ``/images/fdt-N`` (description = file name), and
 ``/configurations/conf-N`` with ``compatible`` copied byte for byte from the DTB's root and
 ``description`` from its ``model``.
+
+The kernel's other shapes are made too: a configuration given as a base DTB and overlays
+(make_fit.py ``-D``: its ``fdt`` lists the base, then the overlays, each component stored once),
+a ramdisk (make_fit.py ``-r``: ``/images/ramdisk``, never compressed, named by every
+configuration), and a kernel with no DTB at all (one configuration holding only the kernel, for
+boards that boot with their own device tree).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import libfdt
 
@@ -89,41 +96,68 @@ def _timestamp() -> int:
     return int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
 
 
+# One configuration's device tree: a DTB, or a base DTB followed by overlays (make_fit.py -D).
+DtbSpec: TypeAlias = Path | Sequence[Path]
+
+
+def _components(spec: DtbSpec) -> list[Path]:
+    return [spec] if isinstance(spec, Path) else list(spec)
+
+
 def build_fit(
     kernel: Path,
-    dtbs: Sequence[Path],
+    dtbs: Sequence[DtbSpec],
     out: Path,
     *,
     arch: str = "arm64",
     os_name: str = "linux",
     compression: str = "none",
     description: str | None = None,
+    ramdisk: Path | None = None,
+    kernel_only: bool = False,
 ) -> None:
-    """Write a FIT with `kernel`, one ``fdt-N`` per DTB and one ``conf-N`` per DTB to `out`.
+    """Write a FIT with `kernel`, one ``fdt-N`` per distinct DTB or overlay and one ``conf-N``
+    per entry of `dtbs` to `out`.
 
-    A kernel that is already compressed (``Image.gz``...) is stored as it is and labelled with
-    its format; otherwise kernel and DTBs are compressed with `compression`, as make_fit.py -c.
+    An entry of `dtbs` that is a sequence is a base DTB and its overlays: the configuration's
+    ``fdt`` lists them in that order and its ``compatible`` is the base's. A kernel that is
+    already compressed (``Image.gz``...) is stored as it is and labelled with its format;
+    otherwise kernel and DTBs are compressed with `compression`, as make_fit.py -c. With no
+    DTBs, `kernel_only` must be set: the FIT then has one configuration with only the kernel.
     """
     if compression not in COMPRESSIONS:
         raise FitError(f"unknown compression {compression!r} (known: {', '.join(COMPRESSIONS)})")
-    if not dtbs:
+    if not dtbs and not kernel_only:
         raise FitError("no DTBs to build a FIT from")
     try:
         raw_kernel = kernel.read_bytes()
+        ramdisk_data = ramdisk.read_bytes() if ramdisk is not None else None
     except OSError as err:
-        raise FitError(f"{kernel}: cannot read: {err.strerror}") from None
-    boards = [read_dtb(p) for p in dtbs]
+        raise FitError(f"{err.filename}: cannot read: {err.strerror}") from None
+    configs = [_components(spec) for spec in dtbs]
+    if any(not c for c in configs):
+        raise FitError("a configuration needs a base DTB")
+    # Each distinct file once, in order of first use (make_fit.py -D stores shared overlays
+    # once); the base's root compatible is read, an overlay's data is taken as it is.
+    units: dict[Path, str] = {}
+    payloads: list[tuple[str, Path, bytes]] = []
+    bases = [read_dtb(c[0]) for c in configs]
+    for comps, base in zip(configs, bases, strict=True):
+        for i, path in enumerate(comps):
+            if path in units:
+                continue
+            data = base.data if i == 0 else _read_overlay(path)
+            units[path] = f"fdt-{len(units) + 1}"
+            payloads.append((units[path], path, compress(data, compression)))
     kernel_comp = detect_compression(raw_kernel)
     kernel_data = raw_kernel if kernel_comp != "none" else compress(raw_kernel, compression)
     if kernel_comp == "none":
         kernel_comp = compression
-    fdts = [compress(b.data, compression) for b in boards]
 
     # One allocation big enough for everything: FdtSw then never grows (make_fit.py's
-    # 64 KiB growth steps made this quadratic, fit.md §4).
-    size = len(kernel_data) + sum(
-        len(d) + len(b.compatible) + 1024 for d, b in zip(fdts, boards, strict=True)
-    )
+    # 64 KiB growth steps made this quadratic, docs/formats.md, "FITs from make image.fit").
+    size = len(kernel_data) + len(ramdisk_data or b"") + sum(len(d) + 512 for _, _, d in payloads)
+    size += sum(len(b.compatible) + 512 for b in bases)
     sw = libfdt.FdtSw(size + 65536)
     sw.finish_reservemap()
     with sw.add_node(""):
@@ -141,9 +175,19 @@ def build_fit(
                 sw.property_u32("entry", 0)
                 sw.property("data", kernel_data)
                 _hash(sw, kernel_data)
-            for n, (board, data) in enumerate(zip(boards, fdts, strict=True), 1):
-                with sw.add_node(f"fdt-{n}"):
-                    sw.property_string("description", board.path.name)
+            if ramdisk is not None and ramdisk_data is not None:
+                with sw.add_node("ramdisk"):
+                    sw.property_string("description", ramdisk.name)
+                    sw.property_string("type", "ramdisk")
+                    sw.property_string("arch", arch)
+                    sw.property_string("os", os_name)
+                    # Never compressed: U-Boot warns and barebox passes the bytes on as they are.
+                    sw.property_string("compression", "none")
+                    sw.property("data", ramdisk_data)
+                    _hash(sw, ramdisk_data)
+            for unit, path, data in payloads:
+                with sw.add_node(unit):
+                    sw.property_string("description", path.name)
                     sw.property_string("type", "flat_dt")
                     sw.property_string("arch", arch)
                     sw.property_string("compression", compression)
@@ -151,12 +195,20 @@ def build_fit(
                     _hash(sw, data)
         with sw.add_node("configurations"):
             sw.property_string("default", "conf-1")
-            for n, board in enumerate(boards, 1):
-                with sw.add_node(f"conf-{n}"):
-                    sw.property("compatible", board.compatible)
-                    sw.property_string("description", board.model or board.path.name)
-                    sw.property_string("fdt", f"fdt-{n}")
+            if not configs:
+                with sw.add_node("conf-1"):
+                    sw.property_string("description", f"{kernel.name} without a device tree")
                     sw.property_string("kernel", "kernel")
+                    if ramdisk is not None:
+                        sw.property_string("ramdisk", "ramdisk")
+            for n, (comps, base) in enumerate(zip(configs, bases, strict=True), 1):
+                with sw.add_node(f"conf-{n}"):
+                    sw.property("compatible", base.compatible)
+                    sw.property_string("description", base.model or base.path.name)
+                    sw.property("fdt", b"".join(units[p].encode() + b"\0" for p in comps))
+                    sw.property_string("kernel", "kernel")
+                    if ramdisk is not None:
+                        sw.property_string("ramdisk", "ramdisk")
     fdt = sw.as_fdt()
     fdt.pack()
     try:
@@ -164,6 +216,19 @@ def build_fit(
             f.write(fdt.as_bytearray())
     except OSError as err:
         raise FitError(f"{out}: cannot write: {err.strerror}") from None
+
+
+def _read_overlay(path: Path) -> bytes:
+    """An overlay's bytes; FitError if it is not a flattened tree."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise FitError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        dtb_view(data, f"{path}: not a DTB overlay")
+    except libfdt.FdtException as err:
+        raise FitError(f"{path}: not a DTB overlay: {err}") from None
+    return data
 
 
 def _hash(sw: libfdt.FdtSw, data: bytes) -> None:
