@@ -3,7 +3,10 @@
 A build folder may be a whole kernel build tree or just the dropped artifacts. It is usable when
 it holds ``image.fit`` (anywhere below, e.g. ``arch/arm64/boot/image.fit``) or a kernel
 ``Image``/``Image.gz``/``zImage`` plus ``*.dtb`` files (we then build the FIT ourselves, cached
-in the store by the inputs' hashes). ``modules-*.cpio*`` files are its modules.
+in the store by the inputs' hashes). A kernel with no ``*.dtb`` files is a kernel-only build
+(``Build.kernel_only``): its FIT holds one configuration with only the kernel, for boards that
+boot with their own device tree. ``modules-*.cpio*`` files (``make modules-cpio-pkg`` names them
+``modules-<release>-<arch>.cpio``, maybe compressed) are its modules.
 
 Files whose name starts with ``.`` are never inputs: an upload is written under a dot-name and
 renamed into place when complete. A build whose inputs some process still holds open for writing
@@ -78,6 +81,11 @@ class Build:
     error: str | None = None
     writing: tuple[Path, ...] = ()  # inputs still open for writing: not indexed yet
     stamp: tuple[str, ...] = ()  # every input's path and fingerprint, taken before reading it
+
+    @property
+    def kernel_only(self) -> bool:
+        """A kernel with no DTBs: only boards that keep their own device tree can use it."""
+        return self.kernel is not None and not self.dtbs
 
     @property
     def usable(self) -> bool:
@@ -426,7 +434,15 @@ def built_fit(inputs: Inputs, store: Store, arch: str) -> Path:
         if blob is not None:
             return blob.path
     out = store.temp_path(".fit")
-    build_fit(inputs.kernel, inputs.dtbs, out, arch=arch, compression="none", description=key)
+    build_fit(
+        inputs.kernel,
+        inputs.dtbs,
+        out,
+        arch=arch,
+        compression="none",
+        description=key,
+        kernel_only=not inputs.dtbs,
+    )
     blob = store.adopt(out)
     store.remember(key, {"blobs": {"fit": blob.digest}})
     return blob.path
@@ -537,8 +553,6 @@ def _index(
 ) -> Build:
     if inputs.fit is None and inputs.kernel is None:
         raise BuildError(f"{name}: no image.fit and no Image/Image.gz/zImage found")
-    if inputs.fit is None and not inputs.dtbs:
-        raise BuildError(f"{name}: {inputs.kernel}: a kernel without any *.dtb files")
     modules = tuple(sorted(inputs.modules))
     # The modules CPIOs (hundreds of MB) are ingested on a thread of their own, while the FIT is
     # ingested and parsed here: the copies run in the kernel, without the GIL.

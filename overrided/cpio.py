@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -552,7 +552,7 @@ def inspect(path: Path) -> list[Part]:
     return [item for item in _walk(path) if isinstance(item, Part)]
 
 
-def decompressed(path: Path, offset: int = 0) -> Iterator[bytes]:
+def decompressed(path: Path, offset: int = 0) -> Generator[bytes, None, None]:
     """The bytes of ``path`` from ``offset``, decompressed when a known magic starts there."""
     with open(path, "rb") as f:
         f.seek(offset)

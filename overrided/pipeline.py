@@ -488,6 +488,11 @@ def why_not(s: Snapshot, user: str, host: str) -> str:
     if latest is None:
         return "no usable build yet"
     configs = hostnames(latest).get(host.lower(), [])
+    if not configs and latest.kernel_only:
+        return (
+            f"no board file for {user}/{host}, and build {latest.name} is a kernel without "
+            'DTBs: only a board file with oftree = "board" or "keep" can boot it'
+        )
     if not configs:
         return (
             f"no board file for {user}/{host}, and no configuration of build {latest.name} "

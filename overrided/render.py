@@ -401,20 +401,43 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
             names[stable] = view
         return name
 
-    m = match(fit, board.compatible, board.rule)
-    if m.config is None:
-        raise RenderError(f"build {build.name}: {m.reason}")
-    conf = fit.configurations[m.config]
+    if build.kernel_only:
+        why = kernel_only_refusal(board, build)
+        if why:
+            raise RenderError(why)
+        # Its one configuration holds only the kernel: nothing to match.
+        config = next(iter(fit.configurations))
+        match_reason = "a kernel-only build (no DTBs): the board keeps its own device tree"
+    else:
+        m = match(fit, board.compatible, board.rule)
+        chosen, match_reason = m.config, m.reason
+        own_dt = chosen is None and board.image == "kernel" and board.oftree != "fit"
+        kernels = [c.name for c in fit.configurations.values() if c.kernel] if own_dt else []
+        if kernels:
+            # The board boots the kernel alone with a device tree of its own (QEMU's, say):
+            # no configuration needs to describe it.
+            chosen = kernels[0]
+            match_reason = f"{chosen}'s kernel, with the board's own device tree ({m.reason})"
+        if chosen is None:
+            raise RenderError(f"build {build.name}: {m.reason}")
+        config = chosen
+    conf = fit.configurations[config]
     effective = [c.lower() for c in conf.effective_compatible(fit)]
-    if board.rule == "barebox" and board.compatible[0].lower() not in effective:
+    if (
+        not build.kernel_only
+        and board.rule == "barebox"
+        and board.compatible[0].lower() not in effective
+        # A board that takes only the kernel (its own DT) boots the same whatever conf it is.
+        and (board.image == "fit" or board.oftree == "fit")
+    ):
         # barebox boots /configurations/default when nothing matches: serve what it would
         # boot, and say that it is a guess.
         warnings.append(
-            f"no configuration lists {board.compatible[0]!r}: {m.config} is the FIT's "
+            f"no configuration lists {board.compatible[0]!r}: {config} is the FIT's "
             "default, which barebox would boot; check the board's compatible"
         )
     fit_view = (
-        parts.signed(m.config, board.sign, ctx.keys_dir) if board.sign else parts.trimmed(m.config)
+        parts.signed(config, board.sign, ctx.keys_dir) if board.sign else parts.trimmed(config)
     )
     fit_name = publish("fit", fit_view)
 
@@ -441,8 +464,27 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
             dtb = parts.image(conf.fdt[0])
             oftree_name = publish("oftree", dtb, stable=net_name(u, "oftree", h))
     elif board.oftree == "fit" and board.image == "kernel":
-        raise RenderError(f"build {build.name}: {m.config} has no uncompressed fdt to serve")
+        raise RenderError(f"build {build.name}: {config} has no uncompressed fdt to serve")
     description = conf.description or ""
+
+    # make_fit.py -D: the configuration's fdt is a base DTB and overlays. U-Boot applies the
+    # list itself; barebox loads only the first fdt of a configuration (loadable_from_fit_oftree
+    # in common/bootm-fit.c), so its script names the overlays in bootm.oftree.
+    fit_overlays: list[str] = []
+    for i, unit in enumerate(conf.fdt[1:]):
+        if fit.images[unit].compression not in ("none", ""):
+            warnings.append(
+                f"fdt {unit} of {config} is {fit.images[unit].compression}-compressed: "
+                "barebox cannot apply it as an overlay"
+            )
+            continue
+        fit_overlays.append(publish(f"fdtoverlay{i}" if i else "fdtoverlay", parts.image(unit)))
+    if fit_overlays and board.signed_images_forced:
+        warnings.append(
+            f"{config} lists overlays after its base DTB, which barebox applies only through "
+            "devboot's bootm.oftree: a board that forces signed images boots the base alone"
+        )
+    warnings += ramdisk_warnings(board, build, parts, config)
 
     overlays: list[str] = []
     for i, o in enumerate(board.overlays):
@@ -466,10 +508,10 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
     provenance = (
         f"build {build.name}"
         + (f" ({build.release})" if build.release else "")
-        + f", configuration {m.config}"
+        + f", configuration {config}"
         + (f" ({description})" if description else "")
         # The build's time, not the render's: equal inputs render equal bytes.
-        + f", {m.reason}, built {built}"
+        + f", {match_reason}, built {built}"
         # Warnings ride along into every description's header, where people read them.
         + "".join(f"; warning: {w}" for w in warnings)
     )
@@ -480,10 +522,11 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
         arch=board.arch,
         provenance=provenance,
         fit=fit_name,
-        configuration=m.config,
+        configuration=config,
         kernel=kernel_name,
         oftree=oftree_name,
         overlays=tuple(overlays),
+        fit_overlays=tuple(fit_overlays),
         initrd=initrd_name,
         image_mode=board.image,
         oftree_mode="overlays" if board.overlays else board.oftree,  # type: ignore[arg-type]
@@ -511,14 +554,83 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
         file=None,
         rule=board.rule,
         build=build.name,
-        configuration=m.config,
-        reason=m.reason,
+        configuration=config,
+        reason=match_reason,
         served=served,
         artifacts=artifacts,
         warnings=warnings,
         rendered_at=datetime.now(UTC),
     )
     return Render(names, frozenset(versioned), info)
+
+
+def kernel_only_refusal(board: Board, build: Build) -> str | None:
+    """Why ``board`` cannot boot from the kernel-only ``build``; ``None`` when it can (its
+    device tree is the board's own: ``oftree`` is ``board``, ``keep`` or a list of overlays)."""
+    if board.oftree != "fit":
+        return None
+    return (
+        f"build {build.name} is a kernel without DTBs, and the board takes its device tree "
+        'from the build (oftree = "fit"): set oftree = "board" or "keep" to boot with the '
+        "board's own, or add the *.dtb files to the build"
+    )
+
+
+# How much of a FIT ramdisk is read to tell whether it holds kernel modules.
+_RAMDISK_PEEK = 1 << 16
+
+
+def ramdisk_holds_modules(parts: BuildParts, unit: str) -> bool | None:
+    """Whether the FIT's ramdisk ``unit`` holds ``lib/modules/`` (``usr/lib/modules``
+    included), judged by its first members; ``None`` when it is not a CPIO we can read."""
+    img = parts.fit.images[unit]
+    with parts.blob.path.open("rb") as f:
+        f.seek(img.data_start)
+        first = f.read(16)
+    head = b""
+    try:
+        raw = cpio.compression_of(first) is None
+        chunks = cpio.decompressed(parts.blob.path, img.data_start)
+        try:
+            for chunk in chunks:
+                head += chunk
+                if len(head) >= _RAMDISK_PEEK:
+                    break
+        finally:
+            chunks.close()  # stops a decompressing tool at once
+    except OverridedError:
+        return None  # not a CPIO, or a broken stream
+    if raw:
+        head = head[: img.size]  # the FIT's next bytes are not part of the archive
+    return b"lib/modules/" in head[:_RAMDISK_PEEK]
+
+
+def ramdisk_warnings(board: Board, build: Build, parts: BuildParts, config: str) -> list[str]:
+    """What a FIT configuration's ``ramdisk`` (make_fit.py -r) does with the board's initrd.
+
+    barebox's FIT override takes the configuration's ramdisks as the initrd
+    (``loadable_from_fit_initrd`` in ``common/bootm-fit.c``); ``bootm.initrd`` then replaces
+    them, or with a leading colon (``initrd = "append"``) follows them. Appending the build's
+    modules CPIO after a ramdisk that holds modules gives the kernel two copies.
+    """
+    conf = parts.fit.configurations[config]
+    if not conf.ramdisk or board.image != "fit" or board.initrd != "append":
+        return []
+    if not build.module_blobs:
+        return []
+    holds = [ramdisk_holds_modules(parts, unit) for unit in conf.ramdisk]
+    if any(holds):
+        return [
+            f"{config}'s ramdisk holds kernel modules and initrd = \"append\" adds the build's "
+            "modules CPIO after it: the kernel gets the modules twice (the later copy wins); "
+            'use initrd = "replace"'
+        ]
+    if None in holds:
+        return [
+            f"{config}'s ramdisk is compressed and initrd = \"append\" adds the build's modules "
+            "CPIO after it: if that ramdisk holds modules too, the kernel gets them twice"
+        ]
+    return []
 
 
 def _plain_kernel(parts: BuildParts, build: Build, unit: str | None) -> View:

@@ -177,7 +177,11 @@ def test_index_kernel_and_dtbs_builds_a_fit_once(tmp_path: Path) -> None:
     ("setup", "error"),
     [
         (lambda b: None, "no image.fit and no Image/Image.gz/zImage found"),
-        (lambda b: (b / "Image").write_bytes(b"k"), "a kernel without any *.dtb files"),
+        # (a kernel without DTBs is a kernel-only build: tests/test_build_shapes.py)
+        (
+            lambda b: [(b / "Image").write_bytes(b"k"), (b / "x.dtb").write_bytes(b"\0" * 64)],
+            "x.dtb: not a DTB",
+        ),
         (lambda b: (b / "image.fit").write_bytes(b"not a fit at all"), "image.fit"),
     ],
 )

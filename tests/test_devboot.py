@@ -102,6 +102,21 @@ BASE = Artifacts(
             {"image_mode": None, "oftree_mode": None, "initrd_mode": "append"},
             {"devboot_initrd": f":{BASE.initrd}"},
         ),
+        # make_fit.py -D: barebox loads only the configuration's first fdt (the base), so the
+        # overlays the FIT lists after it are named, before the board file's own.
+        (
+            {"fit_overlays": ("fo-1", "fo-2"), "overlays": ("ov-a",), "initrd_mode": None},
+            {"devboot_image": LINUX, "devboot_oftree": ":fo-1:fo-2:ov-a"},
+        ),
+        (
+            {"image_mode": "kernel", "fit_overlays": ("fo-1",), "initrd_mode": None},
+            {"devboot_image": LINUX, "devboot_oftree": f"{BASE.oftree}:fo-1"},
+        ),
+        # ... but only onto the build's base: not onto barebox's own device tree.
+        (
+            {"oftree_mode": "board", "fit_overlays": ("fo-1",), "initrd_mode": None},
+            {"devboot_image": LINUX, "devboot_oftree": ""},
+        ),
     ],
 )
 def test_overrides_set_only_what_the_board_asks(

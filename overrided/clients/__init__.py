@@ -32,8 +32,12 @@ class Artifacts:
     kernel: str | None = None  # plain kernel image
     oftree: str | None = None  # the board's DTB, from the matched configuration
     overlays: tuple[str, ...] = ()  # DT overlays to apply on top
+    # overlays the FIT configuration lists after its base DTB (make_fit.py -D); U-Boot applies
+    # them from the FIT, barebox loads only the first fdt and needs them named
+    fit_overlays: tuple[str, ...] = ()
     initrd: str | None = None  # concatenated initrd (modules CPIO + init CPIO)
-    # barebox override modes (design.md): how each part replaces or joins the boot entry's own
+    # barebox override modes (docs/design.md, "barebox"): how each part replaces or joins the boot
+    # entry's own
     image_mode: Literal["fit", "kernel"] | None = "fit"
     oftree_mode: Literal["fit", "keep", "board", "overlays"] | None = "fit"
     initrd_mode: Literal["replace", "append"] | None = "replace"

@@ -9,7 +9,10 @@ one is an override too) pass ``-o bootm.image=…`` / ``bootm.oftree`` / ``bootm
 (``common/bootm-overrides.c``):
 
 * ``bootm.image``: a FIT is re-opened and kernel, device tree and initrd all come from it;
-  a plain kernel replaces only the kernel.
+  a plain kernel replaces only the kernel. Only the parts the FIT's configuration has are
+  taken (``common/bootm-fit.c``): its **first** ``fdt`` (overlays listed after it are not
+  applied) and all its ``ramdisk`` images, chained; a FIT without a ramdisk or fdt leaves the
+  entry's initrd or DTB in place.
 * ``bootm.oftree``: colon list, base DTB then overlays; a leading colon keeps the entry's DTB
   and only applies overlays; the empty string drops the entry's DTB (barebox passes its own).
 * ``bootm.initrd``: colon list of CPIOs concatenated; a leading colon appends to the entry's.
@@ -118,7 +121,13 @@ def overrides(a: Artifacts) -> dict[str, str]:
         # `net` entry opened it already, and barebox re-uses a FIT it holds open (see above).
         out["devboot_image"] = net_name(a.user, "linux", a.hostname)
 
-    overlays = ":".join(a.overlays)
+    # The build's device tree reaches the kernel when the board names it, or when a FIT
+    # override brings it (barebox takes a FIT's first fdt over the entry's, "keep" included).
+    build_dt = a.oftree_mode == "fit" or (a.image_mode == "fit" and a.oftree_mode != "board")
+    # A decomposed configuration's overlays (make_fit.py -D) belong on the build's base DTB:
+    # barebox loads only the first fdt of a FIT configuration, so they are named here, first.
+    listed = (a.fit_overlays if build_dt else ()) + a.overlays
+    overlays = ":".join(listed)
     if a.oftree_mode == "board":
         # Empty string: drop the entry's (or FIT's) DTB, barebox passes its own device tree.
         out["devboot_oftree"] = ""
