@@ -107,13 +107,17 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
-def write_board(boards: Path, kp: KernelParts) -> Path:
-    """``boards/qemu-virt.toml`` from the repository, plus the init CPIO and a console."""
+def write_board(boards: Path, kp: KernelParts, **fields: Any) -> Path:
+    """``boards/qemu-virt.toml`` from the repository, plus the init CPIO, a console and
+    ``fields``."""
     board = tomllib.loads((REPO / "boards" / f"{BOARD}.toml").read_text())
     assert board["compatible"] == ["linux,dummy-virt"]
     assert board.get("mac", MAC) == MAC, "QEMU's NIC must carry the board's MAC"
     shutil.copy(kp.init, boards / "init.cpio")
-    board.update(init="init.cpio", bootargs=BOOTARGS)
+    # These builds carry QEMU's own DT, dumped: the FIT brings kernel and DTB (the shipped
+    # example boots the kernel alone, with the DT QEMU gives the bootloader).
+    board.update(init="init.cpio", bootargs=BOOTARGS, image="fit", oftree="fit")
+    board.update(fields)
     path = boards / f"{BOARD}.toml"
     path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in board.items()))
     return path
@@ -208,15 +212,20 @@ def lab(tmp_path: Path, kernel_parts: KernelParts) -> Iterator[Lab]:
             served.stop()
 
 
-def boot_marker(ub: UBoot, build: str, timeout: float = 240) -> float:
-    """Wait for the init's markers (right build, modules, modprobe) and power-off.
+def boot_marker(ub: UBoot, build: str, timeout: float = 240, *, dt: str | None = None) -> float:
+    """Wait for the init's markers (right build, modules, modprobe) and power-off; ``dt`` is
+    the build the kernel's DT must name (default: ``build``; ``""`` for a DT of no build).
 
     Returns the seconds from QEMU start to the final marker.
     """
     # The line must be complete: the serial log may end in the middle of it.
     m = ub.expect(rf"{parts.MARKER} init release=(\S+) build=(\S*) dt=(\S*)\r?\n", timeout)
-    if (m.group(2), m.group(3)) != (build, build):
-        raise ub.fail(f"booted modules {m.group(2)!r} and DT {m.group(3)!r}, expected {build}")
+    want_dt = build if dt is None else dt
+    if (m.group(2), m.group(3)) != (build, want_dt):
+        raise ub.fail(
+            f"booted modules {m.group(2)!r} and DT {m.group(3)!r}, expected {build!r} and "
+            f"{want_dt!r}"
+        )
     ub.expect(f"{parts.MARKER} modules present", 30)
     ub.expect(f"{parts.MARKER} modprobe {parts.PROBE} ok", 30)
     ub.expect(f"{parts.MARKER} done", 30)

@@ -31,6 +31,10 @@ MODULES = ("drivers/block/zram/zram.ko", "mm/zsmalloc.ko", "drivers/net/dummy.ko
 PROBE = "zram"  # what init loads; its dependency zsmalloc must come along
 BUILD_ID_FILE = "overrided-build"  # under lib/modules/<release>/, names the build
 DT_BUILD_PROP = "overrided-build"  # a /chosen property of the build's DTB, names the build
+# A node a DT overlay adds at the root; init prints its ``source`` (seen in /proc/device-tree).
+OVERLAY_NODE = "overrided-overlay"
+# Files a boot entry's own initrd may carry (under /overrided-extra/); init prints each one.
+EXTRA_DIR = "overrided-extra"
 
 INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -50,6 +54,11 @@ if modprobe {probe} && [ -d /sys/module/{probe} ] && [ -d /sys/module/zsmalloc ]
 else
     echo "{marker} modprobe {probe} failed"
 fi
+for f in /{extra_dir}/*; do
+    [ -f "$f" ] && echo "{marker} extra $(basename "$f")=$(cat "$f")"
+done
+ov=$(tr -d '\\000' < /proc/device-tree/{overlay_node}/source 2>/dev/null)
+[ -n "$ov" ] && echo "{marker} overlay source=$ov"
 echo "{marker} done"
 poweroff -f
 """
@@ -90,6 +99,8 @@ def init_cpio(out: Path) -> Path:
             dt_prop=DT_BUILD_PROP,
             probe=PROBE,
             probe_path=probe_path,
+            overlay_node=OVERLAY_NODE,
+            extra_dir=EXTRA_DIR,
         )
     )
     init.chmod(0o755)

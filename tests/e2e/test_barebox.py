@@ -10,8 +10,9 @@ and of the modules CPIO, and a module is loaded from it.
 
 The board is the repository's ``boards/qemu-virt.toml`` (hostname ``virt64``, ``oftree = "fit"``
 by default): its FIT carries QEMU's DT dumped with barebox's machine options, not U-Boot's
-(``highmem=off`` moves the PCIe ECAM, and without ``-bios`` QEMU adds a GPIO power key). One
-kernel boot per flow; the seconds
+(``highmem=off`` moves the PCIe ECAM, and without ``-bios`` QEMU adds a GPIO power key). Flows
+that need another board setting rewrite the board file and wait for the script that follows.
+One kernel boot per flow; the seconds
 from QEMU start to the init marker are printed (``-s`` or the ``-rA`` report shows them); no
 test asserts on time.
 """
@@ -23,7 +24,7 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,8 +190,9 @@ class Booted:
     seconds: float  # from QEMU start to the init's last marker
 
 
-def devboot(bb: Barebox, args: str, build: str) -> Booted:
-    """Type ``devboot <args>`` and wait until the kernel's init is done with ``build``'s parts."""
+def devboot(bb: Barebox, args: str, build: str, *, dt: str | None = None) -> Booted:
+    """Type ``devboot <args>`` and wait until the kernel's init is done with ``build``'s parts
+    (``dt``: the build the kernel's DT names, when not ``build``; ``""`` for none)."""
     bb.send_line(f"devboot {args}".strip())
     bb.expect(re.escape(f"Sourcing {FETCHDIR}/{SCRIPT}"), BOOT_TIMEOUT)
     boot = bb.expect(r"\n(boot .*)\n", BOOT_TIMEOUT)
@@ -210,7 +212,7 @@ def devboot(bb: Barebox, args: str, build: str) -> Booted:
         entry=entries[-1],
         overrides={m["part"]: m["what"].strip() for m in OVERRIDE.finditer(log)},
         commandline=commandline.group(1).split(),
-        seconds=boot_marker(bb, build, BOOT_TIMEOUT),
+        seconds=boot_marker(bb, build, BOOT_TIMEOUT, dt=dt),
     )
 
 
@@ -254,6 +256,66 @@ def arm64_image_header(size: int = 4096) -> bytes:
     # code0, code1, text_offset, image_size, flags, res2, res3, res4, magic "ARM\x64", res5
     header = struct.pack("<IIQQQQQQII", 0, 0, 0, size, 0, 0, 0, 0, 0x644D5241, 0)
     return header.ljust(size, b"\0")
+
+
+def fw_cfg_entry(lab: BareboxLab, initrd: bytes) -> list[str]:
+    """QEMU args adding the boot entry ``ovd-entry`` to barebox's environment (fw_cfg): a dummy
+    image (an arm64 ``Image`` header with no kernel), a DTB naming ``dummy-entry`` in
+    ``/chosen``, the initrd ``initrd``, and a bootarg ``ovd.entry=ovd-entry``."""
+    d = lab.root / "fw_cfg"
+    d.mkdir()
+    data = f"/env/data/{ENTRY}"
+    (d / "entry").write_text(
+        "#!/bin/sh\n"
+        f"global.bootm.image={data}-image\n"
+        f"global.bootm.oftree={data}-oftree\n"
+        f"global.bootm.initrd={data}-initrd\n"
+        f'global linux.bootargs.dyn.ovd="ovd.entry={ENTRY}"\n'
+    )
+    (d / "image").write_bytes(arm64_image_header())
+    named_dtb(lab.parts.dtb_a, d / "oftree", "dummy-entry")
+    (d / "initrd").write_bytes(initrd)
+    extra = barebox.fw_cfg_env(f"boot/{ENTRY}", d / "entry")
+    for part in ("image", "oftree", "initrd"):
+        extra += barebox.fw_cfg_env(f"data/{ENTRY}-{part}", d / part)
+    return extra
+
+
+def rewrite_board(lab: BareboxLab, ready: Callable[[str], bool], **fields: Any) -> str:
+    """Write the board file again with ``fields`` (renamed into place, as an editor saving
+    it would) and wait until the served devboot script satisfies ``ready``; return it."""
+    staging = lab.root / "board-next"
+    staging.mkdir(exist_ok=True)
+    written = write_board(staging, lab.parts, **fields)
+    os.replace(written, lab.served.boards / written.name)
+
+    def script() -> str | None:
+        try:
+            text = lab.served.http_get(f"/{SCRIPT}").decode()
+        except FileNotFoundError:
+            return None
+        return text if ready(text) else None
+
+    found: str = lab.served.wait_for(script, timeout=120, what=f"{SCRIPT} for {fields}")
+    return found
+
+
+def write_kernel_only_build(builds: Path, name: str, kp: KernelParts) -> Path:
+    """A build folder as ``make Image modules-cpio-pkg`` leaves one: ``arch/arm64/boot/Image``
+    and ``modules-<release>-arm64.cpio``, no DTB; renamed into place whole."""
+    tmp = builds / f".{name}.tmp"
+    (tmp / "arch" / "arm64" / "boot").mkdir(parents=True)
+    shutil.copy(kp.image, tmp / "arch" / "arm64" / "boot" / "Image")
+    shutil.copy(kp.modules_a, tmp / f"modules-{kp.release}-arm64.cpio")
+    final = builds / name
+    tmp.rename(final)
+    return final
+
+
+def marker_line(bb: Barebox, what: str) -> str | None:
+    """The value of the init's ``<marker> <what>`` line in the serial log, if it printed one."""
+    m = re.search(rf"{parts.MARKER} {re.escape(what)}(\S*)\r?\n", bb.log)
+    return m.group(1) if m else None
 
 
 # --- where the images come from -------------------------------------------------------------
@@ -324,22 +386,7 @@ def test_devboot_replaces_all_of_an_entry_injected_by_fw_cfg(bb_lab: BareboxLab)
     took nothing of them. The entry never opens the FIT; the image override reads it, once.
     """
     art = bb_lab.artifacts()
-    d = bb_lab.root / "fw_cfg"
-    d.mkdir()
-    data = f"/env/data/{ENTRY}"
-    (d / "entry").write_text(
-        "#!/bin/sh\n"
-        f"global.bootm.image={data}-image\n"
-        f"global.bootm.oftree={data}-oftree\n"
-        f"global.bootm.initrd={data}-initrd\n"
-        f'global linux.bootargs.dyn.ovd="ovd.entry={ENTRY}"\n'
-    )
-    (d / "image").write_bytes(arm64_image_header())
-    named_dtb(bb_lab.parts.dtb_a, d / "oftree", "dummy-entry")
-    (d / "initrd").write_bytes(b"not an initrd\n" * 64)
-    extra = barebox.fw_cfg_env(f"boot/{ENTRY}", d / "entry")
-    for part in ("image", "oftree", "initrd"):
-        extra += barebox.fw_cfg_env(f"data/{ENTRY}-{part}", d / part)
+    extra = fw_cfg_entry(bb_lab, b"not an initrd\n" * 64)
 
     with bb_lab.barebox("devboot-entry", bb_lab.images.path(barebox.IMAGE), extra) as bb:
         net_up(bb)
@@ -369,3 +416,86 @@ def test_window16_image_is_granted_windowsize_8(window16: Path, bb_lab: BareboxL
     # the service's own transfer log line says so too
     granted = rf"name='{LINUX}' .*options=\S*windowsize=8\S* .*outcome=ok"
     assert re.search(granted, bb_lab.served.log()), bb_lab.served.log()[-6000:]
+
+
+def test_kernel_only_build_boots_with_barebox_own_device_tree(bb_lab: BareboxLab) -> None:
+    """A build of ``Image`` and the modules CPIO alone, a board with ``image = "kernel"`` and
+    ``oftree = "board"``: barebox boots the plain kernel with the device tree it runs on
+    (``devboot_oftree=""`` drops the entry's), and our initrd."""
+    write_kernel_only_build(bb_lab.served.builds, "k1", bb_lab.parts)
+    script = rewrite_board(
+        bb_lab,
+        lambda s: "build k1" in s and 'devboot_oftree=""' in s,
+        build="k1",
+        image="kernel",
+        oftree="board",
+    )
+    info = bb_lab.served.board()
+    assert info["build"] == "k1" and "kernel-only" in info["reason"], info
+    art = bb_lab.artifacts()
+    assert "oftree" not in art, art
+    assert f'devboot_image="{LINUX}"' in script and f"{LINUX} is {art['kernel']}" in script
+    with bb_lab.barebox("devboot-kernel-only", bb_lab.images.path(barebox.IMAGE)) as bb:
+        net_up(bb)
+        booted = devboot(bb, "net", "build-A", dt="")  # barebox's own DT names no build
+        removed_fdt = "[bootm override active] removed FDT" in bb.log
+    _report("devboot net (kernel-only build, oftree board, window 1)", booted.seconds)
+    assert booted.entry == "net", booted
+    assert removed_fdt, booted
+    assert "FIT(" not in booted.overrides.get("OS", "FIT("), booted  # the plain kernel
+    assert LINUX in booted.overrides["OS"], booted
+    assert booted.overrides["initrd"] == f"File({art['initrd']})", booted
+
+
+def test_append_boots_the_entrys_initrd_and_ours(bb_lab: BareboxLab) -> None:
+    """``initrd = "append"`` onto an entry whose initrd is an archive of its own: barebox takes
+    the FIT's kernel and DTB (the FIT has no ramdisk, so the entry's initrd stays) and chains
+    ours after it (the leading colon). Linux unpacks both: our init runs, and the file from the
+    entry's archive is there."""
+    script = rewrite_board(bb_lab, lambda s: 'devboot_initrd=":' in s, initrd="append")
+    art = bb_lab.artifacts()
+    assert f'devboot_initrd=":{art["initrd"]}"' in script, script
+    tree = bb_lab.root / "entry-initrd"
+    (tree / parts.EXTRA_DIR).mkdir(parents=True)
+    (tree / parts.EXTRA_DIR / "entry-initrd").write_text("from-entry")
+    entry_initrd = parts.newc(tree, bb_lab.root / "entry-initrd.cpio").read_bytes()
+    extra = fw_cfg_entry(bb_lab, entry_initrd)
+    with bb_lab.barebox("devboot-append", bb_lab.images.path(barebox.IMAGE), extra) as bb:
+        net_up(bb)
+        booted = devboot(bb, ENTRY, "build-A")
+        from_entry = marker_line(bb, "extra entry-initrd=")
+    _report(f"devboot {ENTRY} (initrd append, window 1)", booted.seconds)
+    assert booted.entry == ENTRY, booted
+    assert from_entry == "from-entry", from_entry
+    # The entry's initrd first, then ours.
+    chain = booted.overrides["initrd"]
+    assert chain == f"File(/env/data/{ENTRY}-initrd), File({art['initrd']})", booted
+    fit = fit_overrides(bb_lab, art["initrd"])
+    assert booted.overrides["OS"] == fit["OS"] and booted.overrides["FDT"] == fit["FDT"]
+
+
+OVERLAY_DTS = f"""/dts-v1/;
+/plugin/;
+&{{/}} {{ {parts.OVERLAY_NODE} {{ source = "board-file"; }}; }};
+"""
+
+
+def test_board_file_overlay_is_applied_by_barebox(bb_lab: BareboxLab) -> None:
+    """``oftree = ["virt-marker.dtbo"]`` (compiled by ``dtc -@``): the script keeps the FIT's DTB
+    and names the overlay after a leading colon; barebox applies it, and Linux sees its node in
+    ``/proc/device-tree``."""
+    source = bb_lab.root / "virt-marker.dtso"
+    source.write_text(OVERLAY_DTS)
+    overlay = bb_lab.served.boards / "virt-marker.dtbo"
+    parts.run(["dtc", "-q", "-@", "-I", "dts", "-O", "dtb", "-o", overlay, source])
+    script = rewrite_board(bb_lab, lambda s: 'devboot_oftree=":' in s, oftree=["virt-marker.dtbo"])
+    art = bb_lab.artifacts()
+    assert f'devboot_oftree=":{art["overlay"]}"' in script, script
+    with bb_lab.barebox("devboot-overlay", bb_lab.images.path(barebox.IMAGE)) as bb:
+        net_up(bb)
+        booted = devboot(bb, "net", "build-A")  # the FIT's DT is still the base
+        source_seen = marker_line(bb, "overlay source=")
+    _report("devboot net (board-file overlay, window 1)", booted.seconds)
+    assert source_seen == "board-file", source_seen
+    fit = fit_overrides(bb_lab, art["initrd"])
+    assert booted.overrides["FDT"] == f"{fit['FDT']}, File({art['overlay']})", booted
