@@ -80,6 +80,13 @@ EventKind = Literal[
     "transfer-started",
     "transfer-finished",
     "transfer-failed",
+    # Builds by URL (``PUT /api/builds/<name>``): a fetch began, one file's bytes so far, one
+    # file's outcome, and the build published or refused.
+    "fetch-started",
+    "fetch-progress",
+    "fetch-file",
+    "fetch-finished",
+    "fetch-failed",
 ]
 
 

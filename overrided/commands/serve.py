@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from overrided import fetch as fetch_mod
 from overrided.config import Settings
 from overrided.errors import OverridedError
 
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--max-blksize", type=int, default=d.max_blksize, help="TFTP blksize cap")
     p.add_argument("--max-windowsize", type=int, default=d.max_windowsize, help="TFTP window cap")
+    fetch_mod.add_options(p)
     p.set_defaults(func=run)
 
 
@@ -106,10 +108,14 @@ def check_keys_outside_roots(settings: Settings) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM."""
     settings = settings_of(args)
+    try:
+        fetch_settings = fetch_mod.settings_from(args)
+    except fetch_mod.FetchError as err:
+        raise ServeError(str(err)) from None
     check_keys_outside_roots(settings)
     if args.http_timeout is not None and args.http_timeout <= 0:
         raise ServeError(f"--http-timeout {args.http_timeout:g}: give a number of seconds above 0")
-    asyncio.run(serve(settings, http_timeout=args.http_timeout))
+    asyncio.run(serve(settings, http_timeout=args.http_timeout, fetch=fetch_settings))
     return 0
 
 
@@ -122,10 +128,16 @@ def _http_base(settings: Settings, port: int) -> str:
     return f"http://{host}:{port}/"
 
 
-async def serve(settings: Settings, *, http_timeout: float | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    http_timeout: float | None = None,
+    fetch: fetch_mod.FetchSettings | None = None,
+) -> None:
     """Start the service and both servers, print the ready line, stop cleanly on a signal.
 
-    ``http_timeout``: see ``--http-timeout`` (``None``: the HTTP side's default).
+    ``http_timeout``: see ``--http-timeout`` (``None``: the HTTP side's default); ``fetch``:
+    builds by URL (``None``: refused).
     """
     from overrided.service import OverridedService
     from overrided.tftp import TftpServer
@@ -165,7 +177,15 @@ async def serve(settings: Settings, *, http_timeout: float | None = None) -> Non
                     flush=True,
                 )
         timeout = DEFAULT_TIMEOUT if http_timeout is None else http_timeout
-        app = make_app(service, token=token, max_upload=settings.max_upload, body_timeout=timeout)
+        from overrided.http.fetch import Fetching
+
+        app = make_app(
+            service,
+            token=token,
+            max_upload=settings.max_upload,
+            body_timeout=timeout,
+            fetching=Fetching(fetch or fetch_mod.FetchSettings(), service.store),
+        )
         runner = make_runner(app, timeout=timeout)
         await runner.setup()
         site = web.TCPSite(runner, settings.http_addr, settings.http_port)

@@ -8,9 +8,11 @@ import logging
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from overrided.fetch import FetchSettings
 from overrided.http import api, events, files, openapi, uploads
 from overrided.http.context import MAX_UPLOAD, SERVICE, STREAMS, TOKEN, UPLOAD_LOCKS
 from overrided.http.errors import Handler, errors_as_json, json_error
+from overrided.http.fetch import FETCHING, Fetching, put_build_by_url
 from overrided.http.metrics import METRICS, Metrics, serve_metrics
 from overrided.http.token import bearer_matches
 from overrided.state import Service
@@ -166,6 +168,7 @@ def make_app(
     token: str,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     body_timeout: float = DEFAULT_TIMEOUT,
+    fetching: Fetching | None = None,
 ) -> web.Application:
     """The HTTP side of ``service``: reads are open, writes need ``Bearer <token>``.
 
@@ -181,6 +184,8 @@ def make_app(
     app[uploads.BODY_TIMEOUT] = body_timeout
     app.on_startup.append(uploads.remove_leftovers)
     app[UPLOAD_LOCKS] = {}
+    # Builds by URL: refused unless the caller allows URL prefixes and gives a store.
+    app[FETCHING] = fetching or Fetching(FetchSettings(), None)
     app[STREAMS] = set()
     metrics = Metrics()
     app[METRICS] = metrics
@@ -197,6 +202,7 @@ def make_app(
     r.add_get("/api/builds", api.list_builds)
     r.add_get("/api/builds/{name}", api.get_build)
     r.add_delete("/api/builds/{name}", uploads.delete_build)
+    r.add_put("/api/builds/{name}", put_build_by_url)
     r.add_route("PUT", "/builds/{build}", uploads.put_build, expect_handler=expect_continue)
     r.add_route("POST", "/builds/{build}", uploads.put_build, expect_handler=expect_continue)
     r.add_route(

@@ -10,10 +10,21 @@ from pydantic.json_schema import models_json_schema
 from overrided import __version__, codecs
 from overrided.http.api import MAX_JOURNAL, Fetch
 from overrided.http.errors import HttpError
+from overrided.http.fetch import BuildByUrl, BuildByUrlAnswer, BuildByUrlRefusal
 from overrided.http.uploads import UploadAnswer
 from overrided.state import BoardInfo, BuildInfo, Event
 
-_MODELS = (BoardInfo, BuildInfo, Fetch, UploadAnswer, HttpError, Event)
+_MODELS = (
+    BoardInfo,
+    BuildInfo,
+    Fetch,
+    UploadAnswer,
+    HttpError,
+    Event,
+    BuildByUrl,
+    BuildByUrlAnswer,
+    BuildByUrlRefusal,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -179,6 +190,32 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json(_ref("BuildInfo"), "The build"),
                         "404": _error("No such build"),
+                    },
+                },
+                "put": {
+                    "summary": "Make the build of files fetched by URL, then publish it like an "
+                    "upload; files whose sha256 the store holds are not fetched",
+                    "operationId": "putBuildByUrl",
+                    "security": _AUTH,
+                    "requestBody": {
+                        "content": {"application/json": {"schema": _ref("BuildByUrl")}}
+                    },
+                    "responses": {
+                        "201": _json(_ref("BuildByUrlAnswer"), "Fetched, stored and published"),
+                        **{
+                            code: _json(_ref("BuildByUrlRefusal"), what + "; previous build kept")
+                            for code, what in (
+                                ("400", "Bad body, name or URL"),
+                                ("403", "A URL, or a redirect, outside the allowed prefixes"),
+                                ("409", "The build folder is a link or a file"),
+                                ("413", "A file larger than the fetch limit"),
+                                ("422", "A sha256 mismatch, or the build refused by indexing"),
+                                ("502", "The store answered an error, looped, or cut the file"),
+                                ("503", "A fetched file was lost before it was kept"),
+                                ("504", "A file not fetched within the fetch timeout"),
+                            )
+                        },
+                        "401": _UNAUTHORIZED,
                     },
                 },
                 "delete": {

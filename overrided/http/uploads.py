@@ -454,10 +454,21 @@ def answer_text(a: UploadAnswer) -> str:
 
 async def finish(request: web.Request, staged: Staged) -> web.Response:
     """Install staged files, index the build at once, undo if the build is refused, answer."""
-    service = request.app[SERVICE]
+    files = sorted(staged.files)
+    result = await publish(request.app, staged)
+    ans = answer(result, files, staged.size)
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response(text=ans.model_dump_json(), status=201)
+    return web.Response(text=answer_text(ans), status=201)
+
+
+async def publish(app: web.Application, staged: Staged) -> IndexResult:
+    """Install staged files and index the build at once; if indexing refuses it, put the
+    previous files back and raise a 422. Uploads and builds by URL publish through here."""
+    service = app[SERVICE]
     build = staged.build_dir.name
     files = sorted(staged.files)
-    lock = request.app[UPLOAD_LOCKS].setdefault(build, asyncio.Lock())
+    lock = app[UPLOAD_LOCKS].setdefault(build, asyncio.Lock())
     async with lock:  # two uploads into one build must not interleave their undo
         # Decide before touching anything: a link or a file in the way refuses the whole upload.
         targets = {path: write_target(service.builds_dir, build, path) for path in files}
@@ -481,10 +492,7 @@ async def finish(request: web.Request, staged: Staged) -> web.Response:
                 f"{result.build.error}",
             )
         installed.commit()
-    ans = answer(result, files, staged.size)
-    if "application/json" in request.headers.get("Accept", ""):
-        return web.json_response(text=ans.model_dump_json(), status=201)
-    return web.Response(text=answer_text(ans), status=201)
+    return result
 
 
 async def _restore(service: Service, installed: Installed) -> None:
