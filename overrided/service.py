@@ -342,8 +342,11 @@ class OverridedService:
             stem = Path(file).stem
             out.append(BoardInfo(name=stem, hostname="", file=file, reason=err, error=err))
         claimed = {(b.user, b.hostname) for b in s.boards}
+        # The journal is kept by board name: a file board's fetches (rock3a.toml, hostname
+        # rock3a) are not a sign that the hostname render of the same name has asked.
+        files = {b.name for b in s.boards}
         for key, r in sorted(s.hostname_renders.items()):
-            if key not in claimed and self.journal.of(r.info.name, 1):
+            if key not in claimed and r.info.name not in files and self.journal.of(r.info.name, 1):
                 out.append(r.info)
         # Boards that asked for barebox names nothing serves, with the reason.
         asked: dict[tuple[str, str], None] = {}
