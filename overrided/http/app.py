@@ -15,6 +15,7 @@ from overrided.http.errors import Handler, errors_as_json, json_error
 from overrided.http.fetch import FETCHING, Fetching, put_build_by_url
 from overrided.http.metrics import METRICS, Metrics, serve_metrics
 from overrided.http.token import bearer_matches
+from overrided.http.web import setup_web
 from overrided.state import Service
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ def make_app(
     r.add_route(
         "PUT", "/builds/{build}/{path:.+}", uploads.put_artifact, expect_handler=expect_continue
     )
+    setup_web(app)  # the pages: /, /boards/<name>, /builds, /builds/<name>, /static/
     # Last: every other path is a served name; names may contain '/'.
     r.add_get("/{name:.+}", files.serve_artifact)  # add_get registers HEAD too
     return app
