@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overrided.commands.boards",
     "overrided.commands.keys",
     "overrided.commands.store",
+    "overrided.commands.dhcp",
     "overrided.commands.builds",
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,6 +24,8 @@ _NAME = barebox.NAME
 _VAR = barebox.VARIABLE
 # A field or key that error messages show as it is; others are quoted (repr).
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.+-]+\Z")
+# A MAC address as boards and labels write it: six pairs of hex digits, ":" or "-" between.
+_MAC = re.compile(r"(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}")
 
 
 class BoardError(OverridedError):
@@ -49,7 +52,11 @@ class Board(BaseModel):
     sign: str | None = None  # key name in the keys folder: sign the per-board FIT
     signed_images_forced: bool = False  # the board enforces signed images: overrides are ignored
     formats: list[str] = Field(default_factory=lambda: ["barebox"])  # clients.FORMATS
-    mac: str | None = None
+    # Network boot (docs/network.md): the board's MAC addresses (one, or a list), its fixed
+    # IPv4 address for DHCP, and an NFS export to mount as the root file system.
+    mac: tuple[str, ...] = ()
+    ip: IPv4Address | None = None
+    nfsroot: str | None = None
 
     @field_validator("image", "initrd", mode="before")
     @classmethod
@@ -104,13 +111,55 @@ class Board(BaseModel):
                     raise ValueError(f"{o!r} is not an overlay file name")
         return value
 
-    @field_validator("mac")
+    @field_validator("mac", mode="before")
     @classmethod
-    def _mac(cls, value: str | None) -> str | None:
-        if value is not None:
-            if not re.fullmatch(r"(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}", value):
-                raise ValueError(f"{value!r} is not a MAC address like 52:54:00:12:34:56")
-            value = value.lower().replace("-", ":")
+    def _mac(cls, value: object) -> object:
+        # One address or a list of them (a board with two ports, or a USB adapter swapped).
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list):
+            return value  # pydantic says what the type should be
+        out: list[str] = []
+        for v in values:
+            if not isinstance(v, str) or not _MAC.fullmatch(v):
+                raise ValueError(f"{v!r} is not a MAC address like 52:54:00:12:34:56")
+            mac = v.lower().replace("-", ":")
+            if int(mac[:2], 16) & 1:
+                raise ValueError(f"{v!r} is a multicast address, not a board's")
+            if mac in out:
+                raise ValueError(f"{v!r} is listed twice")
+            out.append(mac)
+        return tuple(out)
+
+    @field_validator("ip", mode="before")
+    @classmethod
+    def _ip(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                addr = IPv4Address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv4 address like 192.0.2.10") from None
+            if addr.is_multicast or addr.is_unspecified or addr.is_loopback:
+                raise ValueError(f"{value!r} cannot be a board's address")
+            return addr
+        return value
+
+    @field_validator("nfsroot")
+    @classmethod
+    def _nfsroot(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # The kernel's nfsroot=<server-ip>:<root-dir>[,<nfs-options>]
+        # (Documentation/admin-guide/nfs/nfsroot.rst): it resolves no names.
+        server, sep, path = value.partition(":")
+        try:
+            IPv4Address(server)
+        except ValueError:
+            sep = ""
+        if not sep or not path.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} is not '<server IPv4>:/<export path>[,<options>]'")
+        reason = unsafe_value_reason(value)
+        if reason:
+            raise ValueError(reason)
         return value
 
     @model_validator(mode="after")
@@ -122,12 +171,32 @@ class Board(BaseModel):
             object.__setattr__(self, "hostname", hostname)
         if not self.formats:
             raise ValueError("formats: must list at least one format")
+        if self.nfsroot is not None and NFSROOT_ARG in self.bootargs:
+            raise ValueError(f"bootargs.{NFSROOT_ARG}: is set by nfsroot; keep one of them")
         return self
 
     @property
     def overlays(self) -> tuple[str, ...]:
         """Overlay files to apply on top of the device tree, if ``oftree`` lists them."""
         return tuple(self.oftree) if isinstance(self.oftree, list) else ()
+
+    @property
+    def kernel_args(self) -> dict[str, str]:
+        """``bootargs`` and, with ``nfsroot``, the NFS root arguments: what every format puts
+        on the kernel's command line (barebox: one ``linux.bootargs.dyn.<name>`` each)."""
+        if self.nfsroot is None:
+            return dict(self.bootargs)
+        return {**self.bootargs, NFSROOT_ARG: nfsroot_args(self.nfsroot)}
+
+
+# The name of the NFS root arguments among a board's kernel arguments.
+NFSROOT_ARG = "nfsroot"
+
+
+def nfsroot_args(export: str) -> str:
+    """The kernel arguments that mount ``export`` (``server:/path``) as the root file system,
+    with the address from DHCP (``ip=dhcp``; the kernel's own client, ``CONFIG_IP_PNP``)."""
+    return f"root=/dev/nfs nfsroot={export} ip=dhcp rw"
 
 
 def display_path(path: Path) -> str:
@@ -184,11 +253,13 @@ def load_boards(folder: Path) -> tuple[list[Board], dict[str, str]]:
     """Every ``*.toml`` board in ``folder``: the valid boards, and file → error for the others.
 
     Two boards claiming the same ``<user>-…-<hostname>`` names would fight over them, so the
-    later file (by name) is refused with an error naming the earlier one.
+    later file (by name) is refused with an error naming the earlier one; so is a board that
+    claims another's MAC or IP address.
     """
     boards: list[Board] = []
     errors: dict[str, str] = {}
     claimed: dict[tuple[str, str], str] = {}
+    addresses: dict[str, str] = {}  # MAC or IP → the file that has it
     for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
         if path.name.startswith("."):
             continue
@@ -204,9 +275,25 @@ def load_boards(folder: Path) -> tuple[list[Board], dict[str, str]]:
                 f"used by {claimed[key]}"
             )
             continue
+        clash = _address_clash(board, display_path(path), addresses)
+        if clash:
+            errors[display_path(path)] = f"{display_path(path)}: {clash}"
+            continue
         claimed[key] = display_path(path)
         boards.append(board)
     return boards, errors
+
+
+def _address_clash(board: Board, where: str, addresses: dict[str, str]) -> str | None:
+    """``field: why`` if ``board`` claims a MAC or IP address an earlier board has; else claim
+    them in ``addresses`` (address → the file that has it). A DHCP server must know one board
+    per MAC, and hand one address to one board."""
+    mine = [("mac", m) for m in board.mac] + ([("ip", str(board.ip))] if board.ip else [])
+    for field, value in mine:
+        if value in addresses:
+            return f"{field}: {value} is already used by {addresses[value]}"
+    addresses.update((value, where) for _, value in mine)
+    return None
 
 
 class Settings(BaseModel):
@@ -239,3 +326,6 @@ class Settings(BaseModel):
     )
     max_blksize: int = 1468
     max_windowsize: int = 64
+    dhcp_interface: str | None = None  # serve DHCP there with dnsmasq (docs/network.md)
+    dhcp_range: tuple[IPv4Address, IPv4Address] | None = None  # addresses for unknown clients
+    dhcp_proxy: bool = False  # answer PXE clients only, beside another DHCP server

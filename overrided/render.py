@@ -531,8 +531,8 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
         image_mode=board.image,
         oftree_mode="overlays" if board.overlays else board.oftree,  # type: ignore[arg-type]
         initrd_mode=board.initrd,
-        bootargs=dict(board.bootargs),
-        mac=board.mac,
+        bootargs=board.kernel_args,  # the board's bootargs and its NFS root
+        mac=board.mac[0] if board.mac else None,
         http_base=ctx.http_base,
     )
     served: dict[str, list[str]] = {}

@@ -27,6 +27,7 @@ from overrided import builds as builds_mod
 from overrided.catalog import Catalog
 from overrided.clients import barebox
 from overrided.config import Settings
+from overrided.dhcp import Dnsmasq
 from overrided.pins import Pins
 from overrided.pipeline import (
     Changes,
@@ -86,6 +87,7 @@ class OverridedService:
         self._held: dict[tuple[str | None, str], float] = {}  # (client, name) → first held
         # Tasks that index a build again once its writers closed its files.
         self._writer_waits: dict[str, asyncio.Task[None]] = {}
+        self.dhcp: Dnsmasq | None = None  # set by `serve --dhcp`: leases in boards()
 
     @property
     def catalog(self) -> Catalog:
@@ -359,7 +361,7 @@ class OverridedService:
                 continue
             reason = why_not(s, user, host)
             out.append(BoardInfo(name=host, hostname=host, user=user, reason=reason, error=reason))
-        return out
+        return out if self.dhcp is None else self.dhcp.with_leases(out)
 
     def builds(self) -> list[BuildInfo]:
         """Every build folder, indexed or with the reason it could not be."""

@@ -46,6 +46,17 @@ class BuildInfo(BaseModel):
     error: str | None = None  # why the build cannot be used, if it cannot
 
 
+class Lease(BaseModel):
+    """A DHCP client the service's dnsmasq answered (``--dhcp``), with the board of its MAC."""
+
+    mac: str
+    ip: str | None = None
+    board: str | None = None
+    hostname: str | None = None
+    last_seen: datetime | None = None
+    expires: datetime | None = None
+
+
 class BoardInfo(BaseModel):
     """A board as the service resolves it: what it gets, under which names, and why."""
 
@@ -62,6 +73,7 @@ class BoardInfo(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     rendered_at: datetime | None = None
     error: str | None = None  # e.g. an invalid board file: one line naming file and field
+    leases: list[Lease] = Field(default_factory=list)  # with --dhcp: what it was handed
 
 
 class IndexResult(BaseModel):

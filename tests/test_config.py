@@ -60,7 +60,7 @@ console = "console=ttyS2,1500000 earlycon"
     b = load_board(write(tmp_path / "boards", "lab.toml", text))
     assert b.hostname == "lab-7" and b.user == "afa" and b.rule == "u-boot"
     assert b.overlays == ("overlays/spi.dtbo", "overlays/uart.dtbo")
-    assert b.mac == "52:54:00:ab:cd:01"
+    assert b.mac == ("52:54:00:ab:cd:01",)
     assert b.bootargs["console"] == "console=ttyS2,1500000 earlycon"
 
 

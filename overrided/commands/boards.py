@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from overrided.clients.barebox import script_name
 from overrided.config import load_boards
+from overrided.dhcp import check_subnet
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,7 +20,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.set_defaults(func=list_boards)
     check = bsub.add_parser("check", help="validate every board file; exit 1 on any error")
     check.add_argument("--boards", type=Path, default=Path("boards"))
+    check.add_argument(
+        "--subnet",
+        type=_subnet,
+        help="the subnet DHCP serves (e.g. 192.0.2.0/24): every board's ip must lie in it",
+    )
     check.set_defaults(func=check_boards)
+
+
+def _subnet(text: str) -> IPv4Network:
+    try:
+        return IPv4Network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IPv4 subnet like 192.0.2.0/24"
+        ) from None
 
 
 def list_boards(args: argparse.Namespace) -> int:
@@ -37,6 +53,11 @@ def list_boards(args: argparse.Namespace) -> int:
 def check_boards(args: argparse.Namespace) -> int:
     """Validate; print one line per problem; exit status 1 if there is any."""
     boards, errors = load_boards(args.boards)
+    if args.subnet is not None:
+        outside = check_subnet(boards, args.subnet)
+        for name, why in outside.items():
+            errors[f"{args.boards.name}/{name}.toml"] = f"{args.boards.name}/{name}.toml: {why}"
+        boards = [b for b in boards if b.name not in outside]
     for err in errors.values():
         print(err)
     print(f"{len(boards)} valid, {len(errors)} invalid")

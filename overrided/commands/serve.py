@@ -10,10 +10,15 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from overrided import fetch as fetch_mod
 from overrided.config import Settings
 from overrided.errors import OverridedError
+
+if TYPE_CHECKING:
+    from overrided.dhcp import Dnsmasq
+    from overrided.service import OverridedService
 
 log = logging.getLogger("overrided.serve")
 
@@ -68,6 +73,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--max-blksize", type=int, default=d.max_blksize, help="TFTP blksize cap")
     p.add_argument("--max-windowsize", type=int, default=d.max_windowsize, help="TFTP window cap")
+    p.add_argument(
+        "--dhcp",
+        metavar="INTERFACE",
+        help="serve DHCP on this interface only (with dnsmasq): each board with a mac gets its "
+        "ip, its barebox hostname, this server and its boot file (docs/network.md)",
+    )
+    p.add_argument(
+        "--dhcp-range",
+        metavar="START,END",
+        help="with --dhcp: addresses for clients without a board file (default: boards only)",
+    )
+    p.add_argument(
+        "--dhcp-proxy",
+        action="store_true",
+        help="with --dhcp: proxy DHCP beside another DHCP server: answer PXE clients only, "
+        "hand out no addresses",
+    )
     fetch_mod.add_options(p)
     p.set_defaults(func=run)
 
@@ -90,7 +112,28 @@ def settings_of(args: argparse.Namespace) -> Settings:
         pin_idle=args.pin_idle,
         max_blksize=args.max_blksize,
         max_windowsize=args.max_windowsize,
+        **_dhcp_settings(args),
     )
+
+
+def _dhcp_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``dhcp_*`` settings of ``--dhcp``, ``--dhcp-range`` and ``--dhcp-proxy``."""
+    from overrided.dhcp import parse_range
+
+    interface = getattr(args, "dhcp", None)
+    raw_range = getattr(args, "dhcp_range", None)
+    proxy = bool(getattr(args, "dhcp_proxy", False))
+    if interface is None:
+        if raw_range is not None or proxy:
+            raise ServeError("--dhcp-range and --dhcp-proxy need --dhcp INTERFACE")
+        return {}
+    if raw_range is not None and proxy:
+        raise ServeError("--dhcp-proxy hands out no addresses: drop --dhcp-range")
+    return {
+        "dhcp_interface": interface,
+        "dhcp_range": None if raw_range is None else parse_range(raw_range),
+        "dhcp_proxy": proxy,
+    }
 
 
 def check_keys_outside_roots(settings: Settings) -> None:
@@ -208,8 +251,11 @@ async def serve(
                     service.ctx.http_base,
                 )
 
+    dhcp = None
     try:
         await service.start()
+        if settings.dhcp_interface is not None:
+            dhcp = await _start_dhcp(settings, service, tftp.port)
         log.info(
             "ready: tftp %s:%d http %s serving %d names",
             settings.tftp_addr,
@@ -220,8 +266,28 @@ async def serve(
         await stop.wait()
         log.info("shutting down")
     finally:
+        if dhcp is not None:
+            await dhcp.close()
         await tftp.close()
         if runner is not None:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
         await service.close()
+
+
+async def _start_dhcp(settings: Settings, service: OverridedService, tftp_port: int) -> Dnsmasq:
+    """Start dnsmasq for ``--dhcp``; its failures are logged and shown at ``/api/dhcp``, and
+    TFTP and HTTP serve on whatever happens to it."""
+    from overrided.dhcp import DhcpSettings, Dnsmasq
+
+    assert settings.dhcp_interface is not None
+    dhcp = Dnsmasq(
+        DhcpSettings(settings.dhcp_interface, settings.dhcp_range, settings.dhcp_proxy),
+        settings.store_dir / "dhcp",
+        lambda: service.snapshot.boards,
+        http_base=lambda: service.ctx.http_base,
+        tftp_port=tftp_port,
+    )
+    service.dhcp = dhcp
+    await dhcp.start()
+    return dhcp

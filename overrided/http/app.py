@@ -9,7 +9,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from overrided.fetch import FetchSettings
-from overrided.http import api, events, files, openapi, uploads
+from overrided.http import api, dhcp, events, files, openapi, uploads
 from overrided.http.context import MAX_UPLOAD, SERVICE, STREAMS, TOKEN, UPLOAD_LOCKS
 from overrided.http.errors import Handler, errors_as_json, json_error
 from overrided.http.fetch import FETCHING, Fetching, put_build_by_url
@@ -203,6 +203,7 @@ def make_app(
     r.add_get("/api/builds", api.list_builds)
     r.add_get("/api/builds/{name}", api.get_build)
     r.add_delete("/api/builds/{name}", uploads.delete_build)
+    r.add_get("/api/dhcp", dhcp.get_dhcp)
     r.add_put("/api/builds/{name}", put_build_by_url)
     r.add_route("PUT", "/builds/{build}", uploads.put_build, expect_handler=expect_continue)
     r.add_route("POST", "/builds/{build}", uploads.put_build, expect_handler=expect_continue)

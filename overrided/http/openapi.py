@@ -8,6 +8,7 @@ from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
 from overrided import __version__, codecs
+from overrided.dhcp import DhcpInfo
 from overrided.http.api import MAX_JOURNAL, Fetch
 from overrided.http.errors import HttpError
 from overrided.http.fetch import BuildByUrl, BuildByUrlAnswer, BuildByUrlRefusal
@@ -16,6 +17,7 @@ from overrided.state import BoardInfo, BuildInfo, Event
 
 _MODELS = (
     BoardInfo,
+    DhcpInfo,
     BuildInfo,
     Fetch,
     UploadAnswer,
@@ -172,6 +174,14 @@ def document() -> dict[str, Any]:
                         "404": _error("No such board"),
                     },
                 },
+            },
+            "/api/dhcp": {
+                "get": {
+                    "summary": "DHCP (serve --dhcp): mode, dnsmasq's state or failure, each "
+                    "board's boot file, the leases (MAC, IP, board, last seen)",
+                    "operationId": "getDhcp",
+                    "responses": {"200": _json(_ref("DhcpInfo"), "DHCP")},
+                }
             },
             "/api/builds": {
                 "get": {
