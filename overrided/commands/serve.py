@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from overrided import config_file
 from overrided import fetch as fetch_mod
 from overrided.config import Settings
 from overrided.errors import OverridedError
@@ -90,12 +91,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --dhcp: proxy DHCP beside another DHCP server: answer PXE clients only, "
         "hand out no addresses",
     )
+    p.add_argument(
+        "--config", type=Path, help="instance settings file (docs/farm.md); flags win over it"
+    )
+    p.add_argument("--token-file", type=Path, help="file holding the upload token")
     fetch_mod.add_options(p)
     p.set_defaults(func=run)
+    # Keep last: flags given on the command line win over --config, defaults do not.
+    config_file.track_defaults(p)
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
-    """The settings the options describe."""
+    """The settings the options describe (defaults settled, if ``resolve_options`` has not)."""
+    config_file.resolve(args)
     return Settings(
         boards_dir=args.boards,
         builds_dir=args.builds,
@@ -120,9 +128,9 @@ def _dhcp_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The ``dhcp_*`` settings of ``--dhcp``, ``--dhcp-range`` and ``--dhcp-proxy``."""
     from overrided.dhcp import parse_range
 
-    interface = getattr(args, "dhcp", None)
-    raw_range = getattr(args, "dhcp_range", None)
-    proxy = bool(getattr(args, "dhcp_proxy", False))
+    interface = config_file.unwrapped(getattr(args, "dhcp", None))
+    raw_range = config_file.unwrapped(getattr(args, "dhcp_range", None))
+    proxy = bool(config_file.unwrapped(getattr(args, "dhcp_proxy", False)))
     if interface is None:
         if raw_range is not None or proxy:
             raise ServeError("--dhcp-range and --dhcp-proxy need --dhcp INTERFACE")
@@ -148,8 +156,23 @@ def check_keys_outside_roots(settings: Settings) -> None:
             )
 
 
+def resolve_options(args: argparse.Namespace) -> None:
+    """The command line's options, else ``--config``'s, else the defaults; the token file."""
+    path = config_file.unwrapped(args.config)
+    config = config_file.load_config_file(path) if path is not None else None
+    config_file.resolve(args, config, path)
+    if not args.token and args.token_file is not None:
+        try:
+            args.token = args.token_file.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ServeError(f"{args.token_file}: cannot read the upload token: {err}") from None
+        if not args.token:
+            raise ServeError(f"{args.token_file}: the upload token file is empty")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM."""
+    resolve_options(args)
     settings = settings_of(args)
     try:
         fetch_settings = fetch_mod.settings_from(args)
