@@ -55,7 +55,7 @@ user = "afa"
 compatible = ["radxa,rock3a", "rockchip,rk3568"]
 initrd = "append"
 [bootargs]
-rsinit = "rsinit.bind=/lib/modules"
+rsinit = "rsinit.bind_modules"
 """
 SCRIPT = "afa-devboot-rock3a"
 # The quick inputs' boards: DTB file -> root compatible. The first is the bench's board.

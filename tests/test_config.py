@@ -54,7 +54,7 @@ signed_images_forced = true
 formats = ["barebox", "pxe"]
 mac = "52-54-00-AB-cd-01"
 [bootargs]
-rsinit = "rsinit.bind=/lib/modules"
+rsinit = "rsinit.bind_modules"
 console = "console=ttyS2,1500000 earlycon"
 """
     b = load_board(write(tmp_path / "boards", "lab.toml", text))

@@ -126,7 +126,7 @@ def test_overrides_set_only_what_the_board_asks(
 
 
 def test_script_lines() -> None:
-    a = replace(BASE, initrd_mode="append", bootargs={"rsinit": "rsinit.bind=/lib/modules"})
+    a = replace(BASE, initrd_mode="append", bootargs={"rsinit": "rsinit.bind_modules"})
     files = render(a)
     assert list(files) == ["afa-devboot-rock3a"]
     lines = files["afa-devboot-rock3a"].decode().splitlines()
@@ -136,7 +136,7 @@ def test_script_lines() -> None:
         "# afa-linux-rock3a is afa-fit-rock3a-0123456789ab",
         'devboot_image="afa-linux-rock3a"',
         'devboot_initrd=":afa-initrd-rock3a-cccccccccccc"',
-        'global linux.bootargs.dyn.rsinit="rsinit.bind=/lib/modules"',
+        'global linux.bootargs.dyn.rsinit="rsinit.bind_modules"',
     ]
 
 

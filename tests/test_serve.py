@@ -30,7 +30,7 @@ user = "afa"
 compatible = ["v,board-a", "v,soc"]
 initrd = "append"
 [bootargs]
-rsinit = "rsinit.bind=/lib/modules"
+rsinit = "rsinit.bind_modules"
 """
 
 
@@ -117,7 +117,7 @@ def test_devboot_script_and_everything_it_names(
         fit_name = image_of(script)
         assert re.fullmatch(r"afa-fit-board-a-[0-9a-f]{12}", fit_name)
         assert re.fullmatch(r":afa-initrd-board-a-[0-9a-f]{12}", v["devboot_initrd"])
-        assert 'global linux.bootargs.dyn.rsinit="rsinit.bind=/lib/modules"' in lines
+        assert 'global linux.bootargs.dyn.rsinit="rsinit.bind_modules"' in lines
 
         fit_path = tmp_path / "got.fit"
         fit_bytes = srv.tftp_get(v["devboot_image"], fit_path)
