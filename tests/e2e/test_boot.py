@@ -27,8 +27,8 @@ from tests.e2e.conftest import (
     boot_marker,
     write_build,
 )
-from tests.test_clients_ipxe import parse as ipxe_parse
-from tests.test_clients_ipxe import uri as ipxe_uri
+from tests.support.ipxe import parse as ipxe_parse
+from tests.support.ipxe import uri as ipxe_uri
 
 BOOTARGS_LINE = " ".join(BOOTARGS.values())
 SCRIPT_ADDR = "0x4e000000"
