@@ -156,7 +156,7 @@ def test_serve_from_a_config_file_fetches_a_build(tmp_path: Path) -> None:
         ]  # fmt: skip
         srv.http_port = port
         srv.env = {"OVERRIDED_TOKEN": ""}
-        with srv.start():
+        with srv:
             body = json.dumps({"files": [{"name": "image.fit", "url": nginx.url("ci/image.fit")}]})
             req = urllib.request.Request(
                 f"{srv.http_base}/api/builds/k1",
