@@ -122,6 +122,9 @@ class Served:
         return int(self.proc.returncode)
 
     def __enter__(self) -> Served:
+        # ``with srv.start():`` must not start a second process beside the first.
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
