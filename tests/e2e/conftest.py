@@ -22,7 +22,7 @@ import pytest
 from tests.e2e import parts
 from tests.support import debian
 from tests.support.netns import Netns
-from tests.support.serve import REPO, Served
+from tests.support.serve import REPO, NsServed
 from tests.support.uboot import UBoot, user_netdev
 
 SERVER_IP = "192.0.2.4"
@@ -123,12 +123,11 @@ def write_board(boards: Path, kp: KernelParts, **fields: Any) -> Path:
     return path
 
 
-class NetnsServed(Served):
+class NetnsServed(NsServed):
     """``overrided serve`` inside a network namespace: TFTP on 0.0.0.0:69, HTTP on lo."""
 
     def __init__(self, root: Path, ns: Netns) -> None:
-        super().__init__(root)
-        self.ns = ns
+        super().__init__(root, ns)
         self.tftp_port = 69
         self.http_port = HTTP_PORT
 
@@ -136,20 +135,7 @@ class NetnsServed(Served):
         """``ip netns exec <ns> python -m overrided serve ...`` on the namespace's addresses."""
         argv = super().command()
         argv[argv.index("--tftp-addr") + 1] = "0.0.0.0"
-        return self.ns.wrap(argv)
-
-    def http_get(self, path: str) -> bytes:
-        """GET over the namespace's loopback with curl (the host cannot reach it)."""
-        proc = self.ns.run(
-            ["curl", "-sSf", "--max-time", "30", self.http_base + path], text=False, check=False
-        )
-        if proc.returncode != 0:
-            raise FileNotFoundError(f"curl {path}: {proc.stderr.decode(errors='replace')}")
-        return bytes(proc.stdout)
-
-    def api(self, path: str) -> Any:
-        """GET a JSON API path."""
-        return json.loads(self.http_get(path))
+        return argv
 
     def board(self) -> dict[str, Any]:
         """``GET /api/boards/qemu-virt``."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.netns import Netns
-from tests.support.serve import Served
+from tests.support.serve import NsServed
 
 STORE_IP = "192.0.2.1"
 
@@ -62,41 +62,13 @@ class Farm:
         self.close()
 
 
-class LabServed(Served):
+class LabServed(NsServed):
     """``overrided serve`` inside a lab's namespace, TFTP and HTTP on its loopback."""
 
     def __init__(self, root: Path, ns: Netns, *, boards: Path, extra: list[str]) -> None:
-        super().__init__(root, boards=boards, extra=extra)
-        self.ns = ns
+        super().__init__(root, ns, boards=boards, extra=extra)
         self.tftp_port = 6969
         self.http_port = 8080
-
-    def command(self) -> list[str]:
-        """``ip netns exec <lab> python -m overrided serve …``."""
-        return self.ns.wrap(super().command())
-
-    def curl(self, *args: str) -> tuple[int, bytes]:
-        """curl inside the namespace: (HTTP status, body)."""
-        proc = self.ns.run(
-            ["curl", "-sS", "--max-time", "120", "-o", "-", "-w", "\n%{http_code}", *args],
-            text=False,
-            check=False,
-            timeout=150,
-        )
-        body, _, code = bytes(proc.stdout).rpartition(b"\n")
-        assert code.isdigit(), proc.stderr
-        return int(code), body
-
-    def http_get(self, path: str) -> bytes:
-        """GET ``path``; ``FileNotFoundError`` unless it answers 200."""
-        status, body = self.curl(self.http_base + path)
-        if status != 200:
-            raise FileNotFoundError(f"GET {path}: {status} {body[:200]!r}")
-        return body
-
-    def api(self, path: str) -> Any:
-        """GET a JSON API path."""
-        return json.loads(self.http_get(path))
 
     def put_build(self, build: str, files: list[dict[str, str]]) -> tuple[int, Any]:
         """``PUT /api/builds/<build>`` of a build by URL: (status, JSON answer)."""

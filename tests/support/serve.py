@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.netns import Netns
+
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,3 +188,39 @@ class Served:
             return self.tftp_get(name)
         except FileNotFoundError:
             return None
+
+
+class NsServed(Served):
+    """``overrided serve`` inside the network namespace ``ns``. The host cannot reach the
+    namespace's loopback, so HTTP goes through curl run inside it."""
+
+    def __init__(self, root: Path, ns: Netns, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.ns = ns
+
+    def command(self) -> list[str]:
+        """``ip netns exec <ns> python -m overrided serve …``."""
+        return self.ns.wrap(super().command())
+
+    def curl(self, *args: str) -> tuple[int, bytes]:
+        """curl inside the namespace: (HTTP status, body)."""
+        proc = self.ns.run(
+            ["curl", "-sS", "--max-time", "120", "-o", "-", "-w", "\n%{http_code}", *args],
+            text=False,
+            check=False,
+            timeout=150,
+        )
+        body, _, code = bytes(proc.stdout).rpartition(b"\n")
+        assert code.isdigit(), proc.stderr
+        return int(code), body
+
+    def http_get(self, path: str) -> bytes:
+        """GET ``path``; ``FileNotFoundError`` unless it answers 200."""
+        status, body = self.curl(self.http_base + path)
+        if status != 200:
+            raise FileNotFoundError(f"GET {path}: {status} {body[:200]!r}")
+        return body
+
+    def api(self, path: str) -> Any:
+        """GET a JSON API path."""
+        return json.loads(self.http_get(path))
