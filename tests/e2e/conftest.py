@@ -8,6 +8,7 @@ and U-Boot reaches 192.0.2.4 through QEMU's gateway (netmask /32: no ARP needed)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 
 from tests.e2e import parts
-from tests.support import debian
+from tests.support import barebox, debian
+from tests.support.barebox import Images
 from tests.support.netns import Netns
 from tests.support.serve import REPO, NsServed
 from tests.support.uboot import UBoot, user_netdev
@@ -218,3 +220,44 @@ def boot_marker(ub: UBoot, build: str, timeout: float = 240, *, dt: str | None =
     at = ub.elapsed()
     ub.expect("reboot: Power down", 30)
     return at
+
+
+# --- barebox ---------------------------------------------------------------------------------
+
+
+def image(images: Images, name: str) -> Path:
+    """The image ``name``, else a skip saying how to provide it (a failure when required)."""
+    missing = images.missing(name)
+    if missing is None:
+        return images.path(name)
+    if barebox.required():
+        pytest.fail(f"{barebox.REQUIRE_VAR} is set, but there is {missing}")
+    pytest.skip(missing)
+
+
+@pytest.fixture(scope="session")
+def barebox_images() -> Images:
+    """Where the barebox images are; skips (or fails) the boots when the plain one is missing."""
+    found = barebox.images()
+    image(found, barebox.IMAGE)
+    return found
+
+
+@pytest.fixture(scope="session")
+def barebox_parts(
+    kernel_parts: KernelParts, barebox_images: Images, tmp_path_factory: pytest.TempPathFactory
+) -> KernelParts:
+    """The session's kernel parts, with DTBs dumped under barebox's QEMU options."""
+    d = tmp_path_factory.mktemp("barebox-parts")
+    virt = d / "virt.dtb"
+    argv = barebox.qemu_command(barebox_images.path(barebox.IMAGE), barebox.nic(MAC))
+    parts.run([*argv, "-machine", f"dumpdtb={virt}"])
+    dtbs = {b: named_dtb(virt, d / f"virt-build-{b}.dtb", f"build-{b}") for b in ("A", "B")}
+    return dataclasses.replace(kernel_parts, dtb_a=dtbs["A"], dtb_b=dtbs["B"])
+
+
+def named_dtb(virt: Path, out: Path, name: str) -> Path:
+    """A copy of the DTB ``virt`` whose ``/chosen`` carries ``name`` (init prints it)."""
+    shutil.copy(virt, out)
+    parts.run(["fdtput", "-t", "s", out, "/chosen", parts.DT_BUILD_PROP, name])
+    return out

@@ -19,7 +19,6 @@ test asserts on time.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
@@ -38,6 +37,8 @@ from tests.e2e.conftest import (
     KernelParts,
     NetnsServed,
     boot_marker,
+    image,
+    named_dtb,
     write_board,
     write_build,
 )
@@ -66,48 +67,10 @@ def _report(what: str, seconds: float) -> None:
 # --- fixtures -------------------------------------------------------------------------------
 
 
-def image(images: Images, name: str) -> Path:
-    """The image ``name``, else a skip saying how to provide it (a failure when required)."""
-    missing = images.missing(name)
-    if missing is None:
-        return images.path(name)
-    if barebox.required():
-        pytest.fail(f"{barebox.REQUIRE_VAR} is set, but there is {missing}")
-    pytest.skip(missing)
-
-
-@pytest.fixture(scope="session")
-def barebox_images() -> Images:
-    """Where the barebox images are; skips (or fails) the boots when the plain one is missing."""
-    found = barebox.images()
-    image(found, barebox.IMAGE)
-    return found
-
-
 @pytest.fixture
 def window16(barebox_images: Images) -> Path:
     """The image built with a TFTP window of 16 (checked before a lab is set up for it)."""
     return image(barebox_images, barebox.IMAGE_WINDOW16)
-
-
-@pytest.fixture(scope="session")
-def barebox_parts(
-    kernel_parts: KernelParts, barebox_images: Images, tmp_path_factory: pytest.TempPathFactory
-) -> KernelParts:
-    """The session's kernel parts, with DTBs dumped under barebox's QEMU options."""
-    d = tmp_path_factory.mktemp("barebox-parts")
-    virt = d / "virt.dtb"
-    argv = barebox.qemu_command(barebox_images.path(barebox.IMAGE), barebox.nic(MAC))
-    parts.run([*argv, "-machine", f"dumpdtb={virt}"])
-    dtbs = {b: named_dtb(virt, d / f"virt-build-{b}.dtb", f"build-{b}") for b in ("A", "B")}
-    return dataclasses.replace(kernel_parts, dtb_a=dtbs["A"], dtb_b=dtbs["B"])
-
-
-def named_dtb(virt: Path, out: Path, name: str) -> Path:
-    """A copy of the DTB ``virt`` whose ``/chosen`` carries ``name`` (init prints it)."""
-    shutil.copy(virt, out)
-    parts.run(["fdtput", "-t", "s", out, "/chosen", parts.DT_BUILD_PROP, name])
-    return out
 
 
 @dataclass

@@ -84,17 +84,6 @@ def test_stage_then_devboot(env, target, strategy):
 '''
 
 
-def barebox_image() -> Path:
-    """The plain barebox image; a skip saying how to get it, or a failure when required."""
-    found = barebox.images()
-    missing = found.missing(barebox.IMAGE)
-    if missing is None:
-        return found.path(barebox.IMAGE)
-    if barebox.required():
-        pytest.fail(f"{barebox.REQUIRE_VAR} is set, but there is {missing}")
-    pytest.skip(missing)
-
-
 @dataclass(frozen=True)
 class Builds:
     """Two kernel builds as ``make`` leaves them: ``Image``, QEMU's DT as barebox's QEMU makes
@@ -106,21 +95,17 @@ class Builds:
 
 
 @pytest.fixture(scope="module")
-def builds(kernel_parts: KernelParts, tmp_path_factory: pytest.TempPathFactory) -> Builds:
-    image = barebox_image()
+def builds(barebox_parts: KernelParts, tmp_path_factory: pytest.TempPathFactory) -> Builds:
     d = tmp_path_factory.mktemp("labgrid-builds")
-    virt = d / "virt.dtb"
-    parts.run([*barebox.qemu_command(image, barebox.nic(MAC)), "-machine", f"dumpdtb={virt}"])
     out = Builds(a=d / "a", b=d / "b")
-    for folder, name, modules in [
-        (out.a, "build-A", kernel_parts.modules_a),
-        (out.b, "build-B", kernel_parts.modules_b),
+    for folder, dtb, modules in [
+        (out.a, barebox_parts.dtb_a, barebox_parts.modules_a),
+        (out.b, barebox_parts.dtb_b, barebox_parts.modules_b),
     ]:
         folder.mkdir()
-        shutil.copy(virt, folder / "virt.dtb")
-        parts.run(["fdtput", "-t", "s", folder / "virt.dtb", "/chosen", parts.DT_BUILD_PROP, name])
-        shutil.copy(kernel_parts.image, folder / "Image")
-        shutil.copy(modules, folder / f"modules-{kernel_parts.release}.cpio")
+        shutil.copy(dtb, folder / "virt.dtb")  # QEMU's DT under barebox, /chosen naming the build
+        shutil.copy(barebox_parts.image, folder / "Image")
+        shutil.copy(modules, folder / f"modules-{barebox_parts.release}.cpio")
     return out
 
 
@@ -171,7 +156,7 @@ def environment(served: NetnsServed, builds: Builds, files_base: str, root: Path
         },
         "tools": {"qemu": shutil.which(QEMU) or QEMU},
         "images": {
-            "barebox": str(barebox_image()),
+            "barebox": str(barebox.images().path(barebox.IMAGE)),
             "kernel": str(builds.a / "Image"),
             "dtb": str(builds.a / "virt.dtb"),
             "modules": str(next(builds.a.glob("modules-*.cpio"))),
