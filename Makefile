@@ -1,20 +1,29 @@
 # One command each: `make run` sets up and serves the repo's boards/ and kernel-builds/;
-# `make test` sets up and runs lint, types and the whole test suite.
-PYTHON ?= python3
+# `make test` sets up and runs lint, types and the whole test suite; `make install` puts the
+# `overrided` command in $(PREFIX)/bin.
+# The system's Python, not whichever python3 comes first on PATH (a pyenv shim, a venv):
+# `make PYTHON=python3.12` to choose another.
+PYTHON ?= $(or $(wildcard /usr/bin/python3),python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+PREFIX ?= $(HOME)/.local
 
-.PHONY: venv run test lint bench clean fuzz
+.PHONY: venv run test lint bench clean fuzz install uninstall
 
+# The service alone (what `make run` needs), then the test tools on top (`make venv`).
 $(BIN)/overrided: pyproject.toml setup.py overrided/tftp/_lockstep.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-extra: $(BIN)/overrided
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-venv: $(BIN)/overrided
+venv: $(VENV)/.test-extra
 
-run: venv
+run: $(BIN)/overrided
 	$(BIN)/overrided serve
 
 lint: venv
@@ -32,6 +41,18 @@ FUZZ_EXAMPLES ?= 20000
 fuzz: venv
 	OVERRIDED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q --timeout=0 \
 		--hypothesis-show-statistics tests/test_fuzz_*.py
+
+# A venv of its own under $(PREFIX)/share/overrided, and $(PREFIX)/bin/overrided linked to it.
+install:
+	$(PYTHON) -m venv $(PREFIX)/share/overrided/venv
+	$(PREFIX)/share/overrided/venv/bin/pip install -q --upgrade pip
+	$(PREFIX)/share/overrided/venv/bin/pip install -q .
+	mkdir -p $(PREFIX)/bin
+	ln -sf $(PREFIX)/share/overrided/venv/bin/overrided $(PREFIX)/bin/overrided
+	@echo "installed $(PREFIX)/bin/overrided"
+
+uninstall:
+	rm -rf $(PREFIX)/share/overrided/venv $(PREFIX)/bin/overrided
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
