@@ -41,17 +41,24 @@ def register_fit(fit_subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     sign.set_defaults(func=_sign)
 
     check = fit_subparsers.add_parser(
-        "verify", help="check configuration signatures, then every referenced image's hashes"
+        "verify",
+        help="check every referenced image's hashes, and the configuration signatures present",
     )
     check.add_argument("file", type=Path, metavar="FILE")
     check.add_argument(
         "--key",
         type=Path,
-        required=True,
         metavar="KEY",
-        help="PEM public key, certificate, private key, or a U-Boot key DTB (/signature)",
+        help="PEM public key, certificate, private key, or a U-Boot key DTB (/signature);"
+        " without it, signatures are not checked",
     )
     check.add_argument("--config", metavar="NAME", help="check only this configuration")
+    check.add_argument(
+        "--require-signature",
+        action="store_true",
+        help="fail a configuration without a signature, or whose signature cannot be checked"
+        " (barebox verify=signature)",
+    )
     check.set_defaults(func=_verify)
 
 
@@ -99,12 +106,16 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    keys = load_public_keys(args.key)
+    keys = load_public_keys(args.key) if args.key is not None else None
     try:
-        report = verify(_read(args.file), keys, config=args.config)
+        report = verify(
+            _read(args.file), keys, config=args.config, require_signature=args.require_signature
+        )
     except FitError as err:
         raise FitError(f"{args.file}: {err}") from None
     for line in report.lines():
         print(line)
-    print(f"{args.file}: {'OK' if report.ok else 'FAILED'}")
+    skipped = len(report.skipped())
+    note = f" ({skipped} not checked: see SKIP)" if skipped else ""
+    print(f"{args.file}: {'OK' if report.ok else 'FAILED'}{note}")
     return 0 if report.ok else 1

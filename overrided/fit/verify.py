@@ -1,10 +1,11 @@
 """Verify FIT configuration signatures and image hashes, naming exactly what fails.
 
-A configuration signature covers metadata and the hash values, never ``data`` (fit.md §3.2),
-so a verifier must do both steps: check the signature over the rebuilt regions, then check
-every hash of every referenced image against its data. The node list is rebuilt from the
-configuration's references, as barebox and current U-Boot do; ``hashed-nodes`` is only
-compared afterwards to explain a failure (fit.md §3.3).
+A configuration signature covers metadata and the hash values, never ``data``
+(docs/formats.md, "Signed bytes"), so a verifier must do both steps: check the signature over
+the rebuilt regions, then check every hash of every referenced image against its data. The node
+list is rebuilt from the configuration's references, as barebox and current U-Boot do;
+``hashed-nodes`` is only compared afterwards to explain a failure (docs/formats.md, "Node lists
+are rebuilt, never read").
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ class Finding:
     node: str
     ok: bool
     message: str
+    checked: bool = True  # False: nothing to check it with, or not asked for (never a failure)
 
     def __str__(self) -> str:
-        return f"{'OK  ' if self.ok else 'FAIL'} {self.node}: {self.message}"
+        status = "FAIL" if not self.ok else "OK  " if self.checked else "SKIP"
+        return f"{status} {self.node}: {self.message}"
 
 
 @dataclass
@@ -56,7 +59,11 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         """True when something was checked and nothing failed."""
-        return bool(self.findings) and all(f.ok for f in self.findings)
+        return any(f.checked for f in self.findings) and all(f.ok for f in self.findings)
+
+    def skipped(self) -> list[Finding]:
+        """The checks not made (a signature without a key, an unsigned configuration)."""
+        return [f for f in self.findings if not f.checked]
 
     def failures(self) -> list[Finding]:
         """The failed checks only."""
@@ -185,7 +192,8 @@ def _image_data(blob: bytes, fdt: libfdt.FdtRo, image: int, where: str) -> bytes
     if size is None or (offset is None and position is None):
         raise FitError(f"{where}: no data, data-offset or data-position")
     if offset is not None:
-        # fit.md §1.1: data-offset counts from the first 4-byte-aligned byte after the FDT.
+        # docs/formats.md, "Image nodes": data-offset counts from the first 4-byte-aligned byte
+        # after the FDT.
         start = ((fdt.totalsize() + 3) & ~3) + int.from_bytes(offset[:4], "big")
     else:
         start = int.from_bytes((position or b"")[:4], "big")
@@ -244,15 +252,19 @@ def _check_hash(fdt: libfdt.FdtRo, config: str, where: str, node: int, data: byt
 
 def verify(
     blob: bytes,
-    public_key: PublicKey | Mapping[str, PublicKey],
+    public_key: PublicKey | Mapping[str, PublicKey] | None,
     *,
     config: str | None = None,
+    require_signature: bool = True,
 ) -> VerifyReport:
     """Check the signatures of `config` (default: every configuration), then its image hashes.
 
-    `public_key` is one key, or keys by name (tried hint first, like the bootloaders). A
-    configuration passes when it has at least one ``signature*`` node and every such node
-    verifies (barebox ``verify=signature``), and every hash of every referenced image matches.
+    `public_key` is one key, or keys by name (tried hint first, like the bootloaders), or
+    ``None``: signatures are then reported as not checked. With `require_signature` a
+    configuration passes only when it has at least one ``signature*`` node and every such node
+    verifies (barebox ``verify=signature``); without it, an unsigned configuration is checked by
+    its hashes alone (barebox ``verify=available``). Every hash of every referenced image must
+    match either way.
     """
     header(blob)
     fdt = open_fdt(blob)
@@ -262,7 +274,9 @@ def verify(
         conf = fdt.path_offset(f"/configurations/{name}", quiet=_NOTFOUND)
         if conf < 0:
             raise FitError(f"no configuration /configurations/{name}")
-        if at_nodes:
+        where = f"/configurations/{name}"
+        sigs = [n for n in _subnodes(fdt, conf) if fdt.get_name(n).startswith("signature")]
+        if at_nodes and (sigs or require_signature):
             report.findings.append(
                 Finding(
                     name,
@@ -272,12 +286,23 @@ def verify(
                     " ambiguous; U-Boot refuses the FIT",
                 )
             )
-        sigs = [n for n in _subnodes(fdt, conf) if fdt.get_name(n).startswith("signature")]
         if not sigs:
-            report.findings.append(
-                Finding(name, f"/configurations/{name}", False, "no signature node")
-            )
+            if require_signature:
+                report.findings.append(Finding(name, where, False, "no signature node"))
+            else:
+                report.findings.append(
+                    Finding(name, where, True, "unsigned: its hashes only", checked=False)
+                )
         for sig in sigs:
+            if public_key is None:
+                node = f"{where}/{fdt.get_name(sig)}"
+                if require_signature:
+                    report.findings.append(Finding(name, node, False, "no key to check it with"))
+                else:
+                    report.findings.append(
+                        Finding(name, node, True, "not checked: no key given", checked=False)
+                    )
+                continue
             report.findings.append(_check_config_signature(blob, fdt, name, sig, public_key))
         report.findings.extend(_check_image_hashes(blob, fdt, name))
     return report
