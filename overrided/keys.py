@@ -26,7 +26,8 @@ from overrided.fit.model import FitError, dtb_view, read_header, reservation_map
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
-# `overrided keys new --algo`: the key types both bootloaders can verify (fit.md §3.4).
+# `overrided keys new --algo`: the key types both bootloaders can verify (docs/formats.md,
+# "Algorithms and keys").
 KEY_ALGOS: tuple[str, ...] = ("rsa2048", "rsa3072", "rsa4096", "ecdsa256")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -357,8 +358,9 @@ def public_pem(key: PublicKey) -> bytes:
 def export_pem(key: PublicKey, out: Path) -> Path:
     """Write `key` as a PEM public key, the form barebox's ``CONFIG_CRYPTO_PUBLIC_KEYS`` takes.
 
-    barebox (fit.md §3.4): list it as ``keyring=fit,fit-hint=<name>:<path>.pem``; it verifies
-    RSA with PKCS#1 v1.5 and ECDSA on P-256 only.
+    barebox (docs/formats.md, "Algorithms and keys"): list it as
+    ``keyring=fit,fit-hint=<name>:<path>.pem``; it verifies RSA with PKCS#1 v1.5 and ECDSA on P-256
+    only.
     """
     out.write_bytes(public_pem(key))
     return out

@@ -55,7 +55,7 @@ def test_release_from_modules_file_name(name: str, release: str | None) -> None:
 
 @pytest.mark.parametrize("compress", [None, "gzip", "zstd"])
 def test_release_read_from_the_modules_archive(tmp_path: Path, compress: str | None) -> None:
-    # Named as design.md writes it (modules-<release>.cpio): the name alone is ambiguous
+    # Named without the arch (modules-<release>.cpio): the name alone is ambiguous
     # for a release that ends in an arch, the archive is not.
     path = modules_cpio(tmp_path / "modules-6.1.0-56-arm64.cpio", "6.1.0-56-arm64")
     if compress:

@@ -1,9 +1,9 @@
 """newc read/write and initrd concatenation, cross-checked with GNU cpio and Debian's compressors.
 
-The kernel's rules (shared docs, fit.md §5, and init/initramfs.c) these tests pin down:
-a raw archive must start 4-byte aligned from the start of the whole initrd, NULs between parts are
-skipped, a compressed part is exactly one stream of a format the kernel knows by its magic, and a
-later part's file replaces an earlier one's.
+The kernel's rules (docs/formats.md, "How Linux reads the sequence", and init/initramfs.c) these
+tests pin down: a raw archive must start 4-byte aligned from the start of the whole initrd, NULs
+between parts are skipped, a compressed part is exactly one stream of a format the kernel knows by
+its magic, and a later part's file replaces an earlier one's.
 """
 
 from __future__ import annotations
@@ -420,7 +420,8 @@ def test_concat_pads_an_odd_length_gzip_so_the_raw_archive_after_it_is_aligned(
 def test_plain_cat_of_an_odd_gzip_and_a_raw_archive_fails_like_the_kernel(
     ours: Path, tmp_path: Path
 ) -> None:
-    # fit.md §5: the kernel then reports "invalid magic at start of compressed archive".
+    # docs/formats.md, "How Linux reads the sequence": the kernel then reports "invalid magic at
+    # start of compressed archive".
     odd = gzip_with_length_mod4(ours.read_bytes(), 2, tmp_path / "odd.gz")
     bad = tmp_path / "cat"
     bad.write_bytes(odd.read_bytes() + ours.read_bytes())

@@ -1,4 +1,4 @@
-"""Which configuration a board boots: barebox (fit.md §2.2) and U-Boot 2023.01 (§2.3) rules.
+"""Which configuration a board boots: barebox's and U-Boot 2023.01's rules (docs/formats.md).
 
 The FIT is made by mkimage; each row names the board's compatible list, the rule and the
 configuration that bootloader would pick (None: it would fail to find one).
@@ -58,7 +58,7 @@ TABLE = [
      "barebox: index 0 beats an earlier index 1; U-Boot: position in the config list is ignored"),
     (["v,board-x"], "conf-x", "conf-soc-first", "one string, same split"),
     (["v,board-q", "v,soc"], DEFAULT, "conf-soc-first",
-     "fit.md's example: barebox never looks at the 2nd string and falls back to default"),
+     "docs/formats.md's example: barebox never looks at the 2nd string and falls back to default"),
     (["v,board-y"], "conf-upper", None, "barebox compares case-insensitively, U-Boot exactly"),
     (["V,BOARD-X"], "conf-x", None, "upper-case board string"),
     (["v,board-z", "v,soc-z"], "conf-fdt", "conf-fdt", "no own compatible: fdt root counts"),

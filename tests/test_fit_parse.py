@@ -100,8 +100,8 @@ def test_dumpimage_agrees_on_names(sample: SampleFit) -> None:
 
 
 def test_references_follow_property_order(tmp_path: Path) -> None:
-    """fit.md §3.2: every property except description/compatible/default names images, in
-    property order; unusual ones (`fpga`, `setup`) included, duplicates once."""
+    """docs/formats.md, "Signed bytes": every property except description/compatible/default names
+    images, in property order; unusual ones (`fpga`, `setup`) included, duplicates once."""
     blob = tmp_path / "k"
     blob.write_bytes(b"k" * 64)
     images = [ItsImage(n, blob, "firmware") for n in ("k", "fw", "fp", "dt")]

@@ -1,5 +1,6 @@
 """Trimming a FIT to one configuration: checked with dumpimage, dtc and by re-parsing, and a
-mkimage-signed configuration still verifies afterwards (fit.md §3.5)."""
+mkimage-signed configuration still verifies afterwards (docs/formats.md, "Trimming keeps
+signatures")."""
 
 from __future__ import annotations
 
@@ -151,7 +152,8 @@ def test_configuration_naming_a_missing_image(tmp_path: Path) -> None:
 
 
 # --- signatures -----------------------------------------------------------------------------
-# An independent reading of fit.md §3.2, written from the spec text for this test only.
+# An independent reading of docs/formats.md, "Signed bytes", written from the spec text for this
+# test only.
 
 EXCLUDED = {"data", "data-size", "data-offset", "data-position"}
 
@@ -280,7 +282,8 @@ def test_trim_onto_itself_is_refused(tmp_path: Path) -> None:
 
 def test_signature_survives_inserting_default(tmp_path: Path) -> None:
     """Inserting /configurations/default (make_fit.py writes none) keeps the signature: the
-    properties of /configurations are never hashed, it is only an ancestor (fit.md §3.2)."""
+    properties of /configurations are never hashed, it is only an ancestor (docs/formats.md, "Signed
+    bytes")."""
     keys = signing_keys(tmp_path / "keys", "dev")
     pub = board_dtb(tmp_path / "pub.dtb", ["v,u-boot"])
     sample = sample_fit(

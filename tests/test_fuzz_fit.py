@@ -478,7 +478,7 @@ def check_trim(fit: Fit, config: str, out: bytes, add_hashes: bool) -> None:
             assert image.hashes == source.hashes
         else:
             assert image.hashes == [("hash-1", "sha256", hashlib.sha256(source.data()).digest())]
-    # What a configuration signature hashes stays as it was (fit.md §3.2).
+    # What a configuration signature hashes stays as it was (docs/formats.md, "Signed bytes").
     before, after = (
         fit.nodes[f"/configurations/{config}"],
         trimmed.nodes[f"/configurations/{config}"],

@@ -180,7 +180,8 @@ def test_kernel_unpacks_our_concatenation_and_loads_a_module(
 @pytest.mark.parametrize(
     ("first", "kernel_says", "inspect_says"),
     [
-        # fit.md §5: a raw archive right after an odd-length gzip part is not 4-byte aligned.
+        # docs/formats.md, "How Linux reads the sequence": a raw archive right after an odd-length
+        # gzip part is not 4-byte aligned.
         (
             "subset.odd.gz",
             "Initramfs unpacking failed: invalid magic at start of compressed archive",

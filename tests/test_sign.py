@@ -1,7 +1,8 @@
 """Configuration signatures: what is covered, byte-identity with mkimage, and what verify reports.
 
 Peers: FITs assembled by `mkimage -f`, keys made by `openssl`, signatures by `mkimage -F -k`.
-The rules are those of docs/fit.md §3; U-Boot itself checks our output in test_sign_uboot.py.
+The rules are those of docs/formats.md, "Signatures"; U-Boot itself checks our output in
+test_sign_uboot.py.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def test_mkimage_resigning_our_output_covers_the_same_nodes(
 ) -> None:
     # Our sign-images names every reference, so mkimage (which follows sign-images) hashes the
     # same nodes. Its value differs only because it hashes the strings block as it stands now,
-    # which already holds "value", "signer-name"... (fit.md §3.2.3).
+    # which already holds "value", "signer-name"... (docs/formats.md, "Signed bytes", step 3).
     path = tmp_path / "resigned.itb"
     path.write_bytes(signed)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
@@ -273,7 +274,7 @@ TAMPERS: list[tuple[str, Tamper, str, list[str]]] = [
     # (case, tamper, config checked, failing nodes)
     ("untouched", lambda b, s: b, "conf-a", []),
     (
-        "one kernel data byte: signature holds, the hash catches it (fit.md §3.2)",
+        "one kernel data byte: signature holds, the hash catches it (formats.md, 'Signed bytes')",
         lambda b, s: flip_byte(b, "kernel"),
         "conf-a",
         ["/images/kernel/hash-1"],
@@ -351,7 +352,8 @@ def test_default_sign_images_leaves_ramdisk_uncovered_and_verify_says_so(
     tmp_path: Path, keys: Path, key: SigningKey
 ) -> None:
     # mkimage's default list signs kernel and fdt only; barebox and current U-Boot rebuild the
-    # list from every reference and reject this (fit.md §3.3).
+    # list from every reference and reject this (docs/formats.md, "Node lists are rebuilt, never
+    # read").
     mk = sample_fit(
         tmp_path, configs=without_sign_images(sample_configs(), "dev"), extra=["-k", keys]
     )

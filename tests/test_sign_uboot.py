@@ -3,13 +3,14 @@
 One U-Boot instance checks every case: each FIT and key DTB is placed in RAM by QEMU's
 ``-device loader``, then ``fdt addr <fit> && fdt checksign <keys>`` verifies the default
 configuration against the keys marked ``required = "conf"``, and ``iminfo <fit>`` checks every
-image hash. Facts this proves about 2023.01 (docs/fit.md §3.3, §3.6):
+image hash. Facts this proves about 2023.01 (docs/formats.md, "Node lists are rebuilt, never read"):
 
 * Debian's build (2023.01+dfsg-2+deb12u3) carries the backported fix that rebuilds the node
   list from the configuration's references instead of trusting the stored ``hashed-nodes``
   (its binary has "Failed to build hash node list"): a mkimage signature made with the default
   sign-images (kernel, fdt) over a configuration with a ramdisk is rejected even untouched.
-  Plain upstream 2023.01 would accept it, and with it a swapped ramdisk (docs/fit.md §3.3);
+  Plain upstream 2023.01 would accept it, and with it a swapped ramdisk (docs/formats.md, "Node
+  lists are rebuilt, never read");
 * the configuration signature never covers ``data``: a flipped kernel byte passes
   ``checksign`` and fails ``iminfo``;
 * this build has neither ECDSA (no ``UCLASS_ECDSA`` driver) nor RSASSA-PSS;
@@ -89,7 +90,8 @@ class Outcome:
 
 
 def _with_default(blob: bytes, config: str) -> bytes:
-    # /configurations/default is not hashed (fit.md §3.5); `fdt checksign` checks the default.
+    # /configurations/default is not hashed (docs/formats.md, "Trimming keeps signatures"); `fdt
+    # checksign` checks the default.
     return set_prop(blob, "/configurations", "default", config.encode() + b"\0")
 
 

@@ -1,4 +1,5 @@
-"""Build a FIT from a kernel image and DTBs, like Linux's ``make image.fit`` (fit.md §4).
+"""Build a FIT from a kernel image and DTBs, like Linux's ``make image.fit`` (docs/formats.md, "FITs
+from make image.fit").
 
 Differences from make_fit.py, on purpose: ``/configurations/default`` is set (U-Boot without
 FIT_BEST_MATCH needs it) and every image has a sha256 ``hash-1`` (barebox refuses crc32, and

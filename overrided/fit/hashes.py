@@ -14,7 +14,7 @@ import libfdt
 
 from overrided.fit.model import Fit, FitError, read_header, reservation_map
 
-# fit.md §1.1: the algorithms both bootloaders know for hash-N/algo.
+# docs/formats.md, "Image nodes": the algorithms both bootloaders know for hash-N/algo.
 HASH_ALGOS: tuple[str, ...] = ("crc32", "md5", "sha1", "sha256", "sha384", "sha512")
 
 _FDT_ERR_NOSPACE = 3
@@ -31,7 +31,8 @@ def digest(algo: str, data: bytes | bytearray | memoryview) -> bytes:
 
 
 def _aligned_end(totalsize: int) -> int:
-    # fit.md §1.1: external data-offset counts from the first 4-byte-aligned byte after the FDT.
+    # docs/formats.md, "Image nodes": external data-offset counts from the first 4-byte-aligned byte
+    # after the FDT.
     return (totalsize + 3) & ~3
 
 

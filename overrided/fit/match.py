@@ -1,7 +1,8 @@
 """Pick a FIT configuration for a board's ``compatible`` list the way the bootloaders do.
 
-Two rules, exactly as fit.md §2.2 (barebox ``fit_find_compatible_unit``) and §2.3 (U-Boot 2023.01
-``fit_conf_find_compat`` with FIT_BEST_MATCH) describe them:
+Two rules, as docs/formats.md describes them in "barebox's rule" (barebox
+``fit_find_compatible_unit``) and "U-Boot's rule" (U-Boot 2023.01 ``fit_conf_find_compat`` with
+FIT_BEST_MATCH):
 
 * barebox ranks by where the board's **first** compatible sits in the configuration's list
   (case-insensitive) and falls back to ``/configurations/default``.

@@ -1,9 +1,9 @@
 """FIT model: parse a Flattened Image Tree once and index its images and configurations.
 
-A FIT is an FDT blob (fit.md §1). `Fit.open` maps the file, walks the tree once with pylibfdt
-and records, for every node, where its tags lie in the file. Later work (matching, trimming)
-reads small property values from that index and slices payloads straight out of the mapping,
-so a 60 MB FIT is never copied or re-walked.
+A FIT is an FDT blob (docs/formats.md, "FIT layout"). `Fit.open` maps the file, walks the tree once
+with pylibfdt and records, for every node, where its tags lie in the file. Later work (matching,
+trimming) reads small property values from that index and slices payloads straight out of the
+mapping, so a 60 MB FIT is never copied or re-walked.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ MAX_DEPTH = 64
 PROP_HEADER = struct.Struct(">III")  # FDT_PROP, value length, name offset in the strings block
 RSV_ENTRY = struct.Struct(">QQ")  # §5.3: address and size of one reserved memory region
 
-# fit.md §1.2 / §3.2: every configuration property except these names image units.
+# docs/formats.md, "Configuration nodes", "Signed bytes": every configuration property except these
+# names image units.
 NON_REFERENCE_PROPS = frozenset({"description", "compatible", "default"})
 
 DataLocation = Literal["embedded", "data-offset", "data-position", "missing"]
@@ -141,12 +142,14 @@ class FitConfig:
     compatible: list[str]
     description: str | None
     signatures: list[str]
-    # Every image-reference property, in property order (fit.md §1.2 / §3.2).
+    # Every image-reference property, in property order (docs/formats.md, "Configuration nodes",
+    # "Signed bytes").
     reference_props: list[tuple[str, list[str]]] = field(default_factory=list)
 
     def references(self) -> list[str]:
         """Every image unit any property names (not description/compatible/default), in
-        property order, each once: the images a configuration signature covers (fit.md §3.2)."""
+        property order, each once: the images a configuration signature covers (docs/formats.md,
+        "Signed bytes")."""
         seen: dict[str, None] = {}
         for _, units in self.reference_props:
             for unit in units:
@@ -156,7 +159,8 @@ class FitConfig:
     def effective_compatible(self, fit: Fit) -> list[str]:
         """What the bootloaders match against: the configuration's own ``compatible`` or, when
         it has none, the root ``compatible`` of its first ``fdt`` image. Both bootloaders only
-        look at ``fdt`` index 0 and skip it when it is compressed (fit.md §2.2, §2.3)."""
+        look at ``fdt`` index 0 and skip it when it is compressed (docs/formats.md, "barebox's
+        rule", "U-Boot's rule")."""
         if self.compatible:
             return self.compatible
         if not self.fdt:

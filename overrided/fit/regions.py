@@ -1,4 +1,5 @@
-"""The bytes a FIT configuration signature covers (fit.md §3.2), shared by signer and verifier.
+"""The bytes a FIT configuration signature covers (docs/formats.md, "Signed bytes"), shared by
+signer and verifier.
 
 A configuration signature never hashes the FIT file as a whole. It hashes a selection of the
 structure block (chosen by a list of node paths) followed by a prefix of the strings block.
@@ -26,7 +27,7 @@ FDT_END = 9
 _FDT_MAGIC = 0xD00DFEED
 _NOTFOUND = (libfdt.NOTFOUND,)
 
-# Configuration properties that never name images (fit.md §1.2; U-Boot
+# Configuration properties that never name images (docs/formats.md, "Configuration nodes"; U-Boot
 # fit_config_get_signed_nodes and barebox skip exactly these).
 NOT_IMAGE_REFERENCES = frozenset({"description", "compatible", "default"})
 
@@ -107,7 +108,7 @@ def unit_address_nodes(blob: bytes | bytearray) -> list[str]:
 
     libfdt resolves ``foo`` to ``foo@1``, so such names make signed node lists ambiguous;
     U-Boot with FIT_FULL_CHECK refuses the whole FIT ("Bad FIT image format", seen with
-    Debian's 2023.01 build), fit.md §1.
+    Debian's 2023.01 build), docs/formats.md, "FIT layout".
     """
     found = []
     path: list[str] = []
@@ -161,11 +162,12 @@ def reference_properties(fdt: libfdt.FdtRo, config: str) -> list[tuple[str, list
 def signed_node_paths(fdt: libfdt.FdtRo, config: str) -> list[str]:
     """The node list a signature of `config` covers, rebuilt from its image references.
 
-    fit.md §3.2.1 and §3.3: ``/``, the configuration, then for every image reference (all of
-    ``kernel``, ``fdt``, ``ramdisk``, ``loadables``, ...) the image and its ``hash*`` (and
-    ``cipher``) subnodes. Never taken from ``sign-images`` or ``hashed-nodes``: that is the
-    trap that lets a signer leave a ramdisk uncovered. A unit referenced twice is listed twice,
-    as mkimage does; the region walk only asks whether a path is in the list.
+    docs/formats.md, "Signed bytes" and "Node lists are rebuilt, never read": ``/``, the
+    configuration, then for every image reference (all of ``kernel``, ``fdt``, ``ramdisk``,
+    ``loadables``, ...) the image and its ``hash*`` (and ``cipher``) subnodes. Never taken from
+    ``sign-images`` or ``hashed-nodes``: that is the trap that lets a signer leave a ramdisk
+    uncovered. A unit referenced twice is listed twice, as mkimage does; the region walk only asks
+    whether a path is in the list.
     """
     paths = ["/", f"/configurations/{config}"]
     for prop, units in reference_properties(fdt, config):
@@ -187,7 +189,8 @@ def image_node_paths(fdt: libfdt.FdtRo, config: str, prop: str, unit: str) -> li
     names = [fdt.get_name(child) for child in _subnodes(fdt, image)]
     hashes = [n for n in names if n.startswith("hash")]
     if not hashes:
-        # U-Boot refuses to sign or verify an image that has no hash node (fit.md §3.2.1).
+        # U-Boot refuses to sign or verify an image that has no hash node (docs/formats.md, "Signed
+        # bytes", step 1).
         raise FitError(f"{where}: /images/{unit} has no hash node, so its data is not covered")
     paths = [f"/images/{unit}", *(f"/images/{unit}/{n}" for n in hashes)]
     if "cipher" in names:
@@ -249,10 +252,10 @@ def tags(blob: bytes | bytearray, head: Header) -> Iterator[Tag]:
 def struct_regions(blob: bytes | bytearray, paths: Sequence[str]) -> list[tuple[int, int]]:
     """The (offset, size) byte ranges of the structure block that a signature over `paths` hashes.
 
-    The ``want`` levels follow ``fdt_find_regions`` (fit.md §3.2.2): a listed node is wanted
-    with its properties (2); the first level below a wanted node contributes only its node
-    tags (1), so a ``signature-1`` node's own properties are never hashed. ``data`` and the
-    external-data properties are skipped. Adjacent tags are merged into one range.
+    The ``want`` levels follow ``fdt_find_regions`` (docs/formats.md, "Signed bytes", step 2): a
+    listed node is wanted with its properties (2); the first level below a wanted node contributes
+    only its node tags (1), so a ``signature-1`` node's own properties are never hashed. ``data``
+    and the external-data properties are skipped. Adjacent tags are merged into one range.
     """
     head = header(blob)
     wanted = set(paths)
@@ -293,7 +296,8 @@ def struct_regions(blob: bytes | bytearray, paths: Sequence[str]) -> list[tuple[
 
 
 def signed_bytes(blob: bytes | bytearray, paths: Sequence[str], strings_size: int) -> bytes:
-    """The exact byte stream a configuration signature covers (fit.md §3.2 steps 2-3)."""
+    """The exact byte stream a configuration signature covers (docs/formats.md, "Signed bytes",
+    steps 2-3)."""
     head = header(blob)
     if strings_size > head.size_dt_strings:
         raise FitError(

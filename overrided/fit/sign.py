@@ -3,8 +3,9 @@
 The written ``signature-1`` node matches ``mkimage -F -k`` (tools/image-host.c,
 ``fit_image_write_sig``): for the same FIT and RSA key, ``value``, ``hashed-nodes`` and
 ``hashed-strings`` are byte-identical. The one deliberate difference is the node list, which
-is rebuilt from *all* image references of the configuration (fit.md §3.3): ``sign-images`` is
-written to name every referencing property, so mkimage re-signing our output agrees with us.
+is rebuilt from *all* image references of the configuration (docs/formats.md, "Node lists are
+rebuilt, never read"): ``sign-images`` is written to name every referencing property, so mkimage
+re-signing our output agrees with us.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from overrided.keys import PublicKey, SigningKey, key_algo
 
 SIGNATURE_NODE = "signature-1"
 
-# fit.md §3.4: U-Boot knows these hashes; barebox only sha1 and sha256.
+# docs/formats.md, "Algorithms and keys": U-Boot knows these hashes; barebox only sha1 and sha256.
 SIGN_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
     "sha256": hashes.SHA256,
@@ -88,7 +89,8 @@ def check_key_fits(algo: SignAlgo, key: SigningKey | PublicKey, pad: str) -> Non
 
 
 def bootloader_warnings(algo: str, pad: str = "pkcs-1.5") -> list[str]:
-    """Why a signature with `algo`/`pad` would not verify on some bootloader (fit.md §3.4)."""
+    """Why a signature with `algo`/`pad` would not verify on some bootloader (docs/formats.md,
+    "Algorithms and keys")."""
     parsed = parse_algo(algo)
     warnings = []
     if parsed.hash_name not in BAREBOX_HASHES:
@@ -188,15 +190,15 @@ def sign_configuration(
         fdt.delprop(sig, "padding")
     fdt.setprop(sig, "sign-images", _stringlist(sign_images))
 
-    # fit.md §3.2.3: the whole strings block as it stands now is hashed, and its size recorded;
-    # names added below land after that prefix.
+    # docs/formats.md, "Signed bytes", step 3: the whole strings block as it stands now is hashed,
+    # and its size recorded; names added below land after that prefix.
     strings_size = fdt.size_dt_strings()
     data = signed_bytes(fdt.as_bytearray(), paths, strings_size)
     value = raw_signature(key, parsed, padding, data)
 
     # mkimage's order (fit_image_write_sig): value, signer-name, signer-version, timestamp,
     # hashed-nodes, hashed-strings. None of these is hashed: they sit one level below the
-    # configuration node (fit.md §3.2.2).
+    # configuration node (docs/formats.md, "Signed bytes", step 2).
     fdt.setprop(sig, "value", value)
     fdt.setprop_str(sig, "signer-name", signer_name)
     fdt.setprop_str(sig, "signer-version", __version__)

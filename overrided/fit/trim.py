@@ -1,9 +1,10 @@
 """Trim a FIT to one configuration and the images it references, from slices of the source.
 
-The output is assembled, not re-encoded (fit.md §3.5): the structure block is the source's
-with whole subtrees skipped (other configurations, unreferenced images), the strings block is
-copied verbatim (new names only ever appended), and payloads are written straight from the
-source file. So every byte a configuration signature hashes (fit.md §3.2) is the same before
+The output is assembled, not re-encoded (docs/formats.md, "Trimming keeps signatures"): the
+structure block is the source's with whole subtrees skipped (other configurations, unreferenced
+images), the strings block is copied verbatim (new names only ever appended), and payloads are
+written straight from the source file. So every byte a configuration signature hashes
+(docs/formats.md, "Signed bytes") is the same before
 and after, and the signature stays valid. The edits and whether they touch hashed bytes:
 
 * deleting other configurations and unreferenced images: not hashed (want level 0);

@@ -3,7 +3,7 @@
 A served name is a ``View``: ranges of immutable files and literal bytes, in order. The handler
 opens the entry's view once (one descriptor per file) and sends every file range from those
 descriptors with the kernel's ``sendfile`` and every literal piece with a plain write, so a
-catalog swap during the transfer cannot mix old and new bytes (design.md, "Publish").
+catalog swap during the transfer cannot mix old and new bytes (docs/design.md, "Views, not copies").
 
 What to answer (304, 416, 206 or 200) is decided first from the request's headers alone
 (``plan``); the handler then carries it out.

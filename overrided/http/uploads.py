@@ -50,7 +50,7 @@ UPLOAD_PREFIX = ".upload-"
 BACKUP_PREFIX = ".previous-"
 # Seconds an upload body may go without a byte before the upload is dropped (``make_app``).
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
-# The artifact kinds a build folder holds (design.md, "Sources").
+# The artifact kinds a build folder holds (kernel-builds/README.md).
 ARTIFACT_PATTERNS = (
     "image.fit",
     "Image",

@@ -76,7 +76,7 @@ except ImportError:  # built without a C compiler: the Python loop does the same
 
 # A client that stops (sends ERROR) before this much was acknowledged was looking, not
 # loading: barebox probes every file (RRQ blksize 512 + tsize, ERROR after DATA 1) and then
-# reads headers that it abandons after a few blocks (design.md, "barebox").
+# reads headers that it abandons after a few blocks (docs/design.md, "barebox").
 PROBE_BYTES = 256 * 1024
 # A duplicate ACK for the block acknowledged last means "I got nothing since" when it comes
 # this long after our last send (barebox resends its ACK after 1 s). Sooner, it is a copy made
