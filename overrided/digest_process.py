@@ -1,16 +1,20 @@
 """The program of the store's hash process (``store.HashProcess``), run as a script.
 
 It reads one hex-encoded file path per line and answers each with a line: the sha256 of the
-file's bytes in hex, or ``! <errno> <message>``. It imports nothing but ``hashlib`` and ``sys``
-(``python -I -S`` starts it in 20 ms), and ends when its input does.
+file's bytes in hex, or ``! <errno> <message>``. It imports nothing but ``hashlib``, ``signal``
+and ``sys`` (``python -I -S`` starts it in 20 ms), and ends when its input does.
 """
 
 import hashlib
+import signal
 import sys
 
 
 def main() -> None:
     """Answer paths until the end of the input."""
+    # Ctrl-C in a terminal reaches the whole process group: the service stops, and this process
+    # with it when its input ends, without a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     buf = bytearray(1 << 20)  # 1 MiB: the chunk stays in the CPU's cache between read and hash
     view = memoryview(buf)
     for line in sys.stdin.buffer:
