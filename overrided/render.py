@@ -298,6 +298,15 @@ def _overlay_path(name: str, ctx: RenderContext, build: Build) -> Path:
     return hits[0]
 
 
+def kernel_alone(board: Board, fit: Fit) -> str | None:
+    """For a board that boots the build's kernel alone with a device tree of its own
+    (``image = "kernel"``, ``oftree`` not ``"fit"``: QEMU's, say), the first configuration with
+    a kernel, as no configuration needs to describe the board; ``None`` for other boards."""
+    if board.image != "kernel" or board.oftree == "fit":
+        return None
+    return next((c.name for c in fit.configurations.values() if c.kernel), None)
+
+
 def pick_build(board: Board, builds: Sequence[Build]) -> Build:
     """The board's build: the one it names, else the latest usable one."""
     from overrided.builds import latest
@@ -411,12 +420,8 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
     else:
         m = match(fit, board.compatible, board.rule)
         chosen, match_reason = m.config, m.reason
-        own_dt = chosen is None and board.image == "kernel" and board.oftree != "fit"
-        kernels = [c.name for c in fit.configurations.values() if c.kernel] if own_dt else []
-        if kernels:
-            # The board boots the kernel alone with a device tree of its own (QEMU's, say):
-            # no configuration needs to describe it.
-            chosen = kernels[0]
+        if chosen is None:
+            chosen = kernel_alone(board, fit)
             match_reason = f"{chosen}'s kernel, with the board's own device tree ({m.reason})"
         if chosen is None:
             raise RenderError(f"build {build.name}: {m.reason}")
@@ -501,6 +506,14 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
             raise RenderError(_named([str(err)], initrd_blobs, build, board)[0]) from None
         initrd_name = publish("initrd", view, stable=stable)
         warnings += _named(initrd_warnings, initrd_blobs, build, board)
+    if board.initrd and not build.module_blobs:
+        # An upload of image.fit alone becomes the latest build: say so rather than let the
+        # board lose its modules silently.
+        warnings.append(
+            f"initrd = {board.initrd!r}, but build {build.name} has no modules CPIO "
+            "(make modules-cpio-pkg): "
+            + ("the initrd is the init CPIO alone" if board.init else "no initrd is served")
+        )
     if board.signed_images_forced:
         warnings.append(FORCED_SIGNING_WARNING)
 
