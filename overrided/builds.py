@@ -1,58 +1,46 @@
-"""Build discovery: turn each ``kernel-builds/<build>/`` folder into a ``Build``, and watch them.
+"""Indexing: turn each ``kernel-builds/<build>/`` folder into a ``Build`` whose inputs are blobs.
 
-A build folder may be a whole kernel build tree or just the dropped artifacts. It is usable when
-it holds ``image.fit`` (anywhere below, e.g. ``arch/arm64/boot/image.fit``) or a kernel
-``Image``/``Image.gz``/``zImage`` plus ``*.dtb`` files (we then build the FIT ourselves, cached
-in the store by the inputs' hashes). A kernel with no ``*.dtb`` files is a kernel-only build
-(``Build.kernel_only``): its FIT holds one configuration with only the kernel, for boards that
-boot with their own device tree. ``modules-*.cpio*`` files (``make modules-cpio-pkg`` names them
-``modules-<release>-<arch>.cpio``, maybe compressed) are its modules.
-
-Files whose name starts with ``.`` are never inputs: an upload is written under a dot-name and
-renamed into place when complete. A build whose inputs some process still holds open for writing
-is not indexed yet (``Build.writing``): the service indexes it once they are closed. Where the
-kernel cannot tell whether a file is open for writing (see ``open_for_writing``), files modified
-less than ``quiet`` seconds ago are waited for instead. Either way a FIT that fails to parse
-(e.g. truncated) makes the build unusable rather than half-used.
+A build is usable when it holds ``image.fit`` (anywhere below, e.g. ``arch/arm64/boot/image.fit``)
+or a kernel ``Image``/``Image.gz``/``zImage`` plus ``*.dtb`` files (we then build the FIT
+ourselves, cached in the store by the inputs' hashes). A kernel with no ``*.dtb`` files is a
+kernel-only build (``Build.kernel_only``): its FIT holds one configuration with only the kernel,
+for boards that boot with their own device tree. Which files a folder holds is
+``discovery.py``'s; whether they are still being written, ``writers.py``'s; the watcher is
+``watch.py``; parsed FITs are kept by ``fit/cache.py``. A FIT that fails to parse (e.g.
+truncated) makes the build unusable rather than half-used.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import errno
-import fcntl
 import logging
 import os
-import re
-import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import watchfiles
-
-from overrided import codecs
+from overrided.discovery import (
+    KERNEL_ARCH,
+    Inputs,
+    find_inputs,
+    newest_mtime,
+    release_in_modules_cpio,
+    release_of_modules_name,
+)
 from overrided.errors import OverridedError
+from overrided.fit.cache import FitCache, open_fit
 from overrided.state import BuildInfo, ConfigInfo
 from overrided.store import Blob, Store, StoreError, fingerprint
+from overrided.writers import being_written, wait_quiet
 
 if TYPE_CHECKING:
-    from overrided.fit import Fit
+    pass
 
 log = logging.getLogger(__name__)
-
-KERNEL_NAMES = ("Image", "Image.gz", "zImage")
-# ``modules-<release>[-<arch>].cpio``, optionally compressed (``codecs.py`` lists the suffixes).
-MODULES_NAME = re.compile(rf"modules-(?P<rest>.+?)\.cpio(?:\.(?:{codecs.SUFFIX_ALTERNATION}))?")
-# Architectures as kbuild names them; `modules-<release>-<arch>.cpio` carries one at the end.
-_ARCHES = ("arm64", "arm", "riscv", "x86", "x86_64", "powerpc", "mips", "loongarch")
-_KERNEL_ARCH = {"Image": "arm64", "Image.gz": "arm64", "zImage": "arm"}
 
 
 class BuildError(OverridedError):
@@ -126,259 +114,6 @@ class Build:
             indexed_at=datetime.fromtimestamp(self.indexed_at, UTC),
             error=self.error,
         )
-
-
-def is_hidden(path: Path, root: Path) -> bool:
-    """True for a dot-file or anything inside a dot-folder below ``root`` (temp uploads)."""
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        return True
-    return any(p.startswith(".") for p in parts)
-
-
-def release_of_modules_name(name: str) -> str | None:
-    """The kernel release in ``modules-<release>[-<arch>].cpio[.gz|…]``.
-
-    kbuild's ``modules-cpio-pkg`` names its output ``modules-<KERNELRELEASE>-<ARCH>.cpio``; a
-    release may itself end in an arch-like word (Debian's ``6.1.0-56-arm64``), so exactly one
-    trailing arch is dropped only when another arch-like word or version part remains before it.
-    """
-    m = MODULES_NAME.fullmatch(name)
-    if not m:
-        return None
-    rest = m.group("rest")
-    for arch in _ARCHES:
-        if rest.endswith(f"-{arch}"):
-            head = rest[: -len(arch) - 1]
-            # "6.1.0-56-arm64-arm64" → "6.1.0-56-arm64"; "6.19.0-arm64" → "6.19.0"
-            return head if head else rest
-    return rest
-
-
-_MODULES_DIR = re.compile(r"^(?:\./)?(?:usr/)?lib/modules/([^/\n]+)(?:/|\Z)")
-
-
-_RELEASES: dict[str, str | None] = {}  # fingerprint → release: a re-index costs a stat
-
-
-def release_in_modules_cpio(path: Path, *, look: int = 64) -> str | None:
-    """The release a modules CPIO holds modules for: ``lib/modules/<release>/`` in its first
-    entries (``usr/lib/modules`` too). Reading stops after ``look`` entries."""
-    try:
-        key = fingerprint(path)
-    except OSError:
-        return None
-    if key not in _RELEASES:
-        if len(_RELEASES) > 1024:
-            _RELEASES.clear()
-        _RELEASES[key] = _read_release(path, look)
-    return _RELEASES[key]
-
-
-def _read_release(path: Path, look: int) -> str | None:
-    from overrided.cpio import CpioError, entries
-
-    try:
-        for i, entry in enumerate(entries(path)):
-            m = _MODULES_DIR.match(entry.name)
-            if m:
-                return m.group(1)
-            if i >= look:
-                break
-    except (CpioError, OSError):
-        return None
-    return None
-
-
-def _newest(paths: Iterable[Path]) -> float:
-    return max((p.stat().st_mtime for p in paths), default=0.0)
-
-
-def _walk(root: Path) -> Iterable[Path]:
-    """Every regular file below ``root``, skipping dot-files and dot-folders."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if not f.startswith("."):
-                yield Path(dirpath) / f
-
-
-@dataclass
-class Inputs:
-    """The files of a build folder that matter, before any of them is parsed."""
-
-    fit: Path | None = None
-    kernel: Path | None = None
-    dtbs: list[Path] = field(default_factory=list)
-    modules: list[Path] = field(default_factory=list)
-
-    def files(self) -> list[Path]:
-        """Every input file."""
-        out = [p for p in (self.fit, self.kernel) if p is not None]
-        return out + self.dtbs + self.modules
-
-
-def find_inputs(root: Path) -> Inputs:
-    """Locate the FIT or kernel + DTBs, and the modules CPIOs, below ``root``."""
-    found = Inputs()
-    fits: list[Path] = []
-    kernels: list[Path] = []
-    for path in _walk(root):
-        name = path.name
-        if name == "image.fit":
-            fits.append(path)
-        elif name in KERNEL_NAMES:
-            kernels.append(path)
-        elif name.endswith(".dtb"):
-            found.dtbs.append(path)
-        elif MODULES_NAME.fullmatch(name):
-            found.modules.append(path)
-
-    def newest(paths: list[Path]) -> Path:
-        # Several candidates (stale outputs in a build tree): the most recently written wins.
-        return max(paths, key=lambda p: (p.stat().st_mtime, -len(p.parts)))
-
-    if fits:
-        found.fit = newest(fits)
-        found.dtbs = []
-    elif kernels:
-        # Prefer the uncompressed Image: it is what arm64 `make` produces first.
-        by_kind = sorted(kernels, key=lambda p: KERNEL_NAMES.index(p.name))
-        found.kernel = newest([k for k in by_kind if k.name == by_kind[0].name])
-    return found
-
-
-def wait_quiet(files: Iterable[Path], quiet: float, *, limit: float = 30.0) -> None:
-    """Block until no file in ``files`` was modified within the last ``quiet`` seconds."""
-    paths = list(files)
-    deadline = time.monotonic() + limit
-    while quiet > 0 and time.monotonic() < deadline:
-        try:
-            age = time.time() - _newest(paths)
-        except FileNotFoundError:
-            return  # the caller's index will notice the file is gone
-        if age >= quiet:
-            return
-        time.sleep(quiet - age)
-
-
-# fcntl(2) F_SETSIG (Python's fcntl module does not name it): which signal breaking our lease
-# sends us. The default, SIGIO, terminates a process that does not handle it.
-_F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
-# A file held open but left unchanged this long counts as written: a writer that keeps its
-# output open (a shell's `exec 3>file`, a stalled copy) must not hold its build back for ever;
-# the parse still tells a complete FIT from a truncated one.
-IDLE_WRITER = 2.0
-
-
-def open_for_writing(path: Path) -> bool | None:
-    """Whether a process holds ``path`` open for writing; ``None`` when the kernel will not say.
-
-    Linux refuses a read lease (fcntl(2) F_SETLEASE, F_RDLCK) with EAGAIN while any process
-    has the file open for writing, and grants it otherwise; a granted lease is dropped at once.
-    Leases are granted to the file's owner and to processes with CAP_LEASE, on file systems
-    that support them; elsewhere (EACCES, EINVAL, not Linux) the answer is ``None``.
-    """
-    setlease = getattr(fcntl, "F_SETLEASE", None)
-    if setlease is None:
-        return None
-    try:
-        # O_NONBLOCK: a file under someone's write lease fails at once instead of waiting.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        # While we hold the lease (microseconds), a writer's open(2) breaks it and the kernel
-        # signals us: make that SIGURG, which is ignored unless handled, not SIGIO.
-        fcntl.fcntl(fd, _F_SETSIG, signal.SIGURG)
-        try:
-            fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
-        except OSError as err:
-            return True if err.errno == errno.EAGAIN else None
-        fcntl.fcntl(fd, setlease, fcntl.F_UNLCK)
-        return False
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def being_written(files: Iterable[Path], *, idle: float = IDLE_WRITER) -> list[Path] | None:
-    """The files a process holds open for writing and modified within ``idle`` seconds;
-    ``None`` when that cannot be known for one of them. Files that went away are left out."""
-    busy: list[Path] = []
-    for path in files:
-        state = open_for_writing(path)
-        if state is None:
-            if path.exists():
-                return None
-            continue
-        if state:
-            try:
-                age = time.time() - path.stat().st_mtime
-            except OSError:
-                continue
-            if age < idle:
-                busy.append(path)
-    return busy
-
-
-def open_fit(path: Path, shown: Path | None = None) -> Fit:
-    """Parse the FIT at ``path``: mapped when it is a store blob (immutable), else read.
-
-    A build folder's FIT may be rewritten in place by the next ``make`` while we parse it;
-    touching a mapping of a file truncated under it kills the process (SIGBUS), so those are
-    read into memory (0.04 s more for a 60 MB FIT) and a rewrite only makes the parse fail.
-    """
-    from overrided.fit import Fit, FitError
-
-    if path.parent.name == "blobs" and path.stat().st_mode & 0o222 == 0:
-        return Fit.open(path, shown=shown)  # a read-only store blob: never rewritten
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise FitError(f"{path}: cannot read: {err.strerror}") from None
-    if not data:
-        raise FitError(f"{path}: not a FIT: the file is empty")
-    return Fit.from_bytes(data, path)
-
-
-class FitCache:
-    """Parsed FITs, so that indexing and rendering parse each FIT once.
-
-    Meant for store blobs, which never change: a parsed FIT maps its file. (A build tree's
-    file may be rewritten in place by the next ``make``; ``open`` parses it again then.)
-    """
-
-    def __init__(self) -> None:
-        self._fits: dict[tuple[Path, str], Fit] = {}
-
-    def open(self, path: Path, shown: Path | None = None) -> Fit:
-        """The parsed FIT at ``path`` (parsed again if the file changed)."""
-
-        key = (path, fingerprint(path))
-        fit = self._fits.get(key)
-        if fit is None:
-            fit = self._fits[key] = open_fit(path, shown)
-        return fit
-
-    def drop(self, path: Path) -> None:
-        """Release the mappings of ``path``."""
-        for key in [k for k in self._fits if k[0] == path]:
-            self._fits.pop(key).close()
-
-    def retain(self, names: set[str]) -> None:
-        """Release the mappings of files whose name is not in ``names`` (store blobs are named
-        by their digest)."""
-        for key in [k for k in self._fits if k[0].name not in names]:
-            self._fits.pop(key).close()
-
-    def close(self) -> None:
-        """Release every mapping."""
-        for fit in self._fits.values():
-            fit.close()
-        self._fits.clear()
 
 
 def configurations_of(
@@ -584,7 +319,7 @@ def _index_fit(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCac
     kernel_blob: Blob | None = None
     try:
         if inputs.kernel is not None:
-            arch = _KERNEL_ARCH.get(inputs.kernel.name)
+            arch = KERNEL_ARCH.get(inputs.kernel.name)
             release = release_of_image(inputs.kernel)
             fit = built_fit(inputs, store, arch or "arm64")
             fit_blob = store.blob(fit.name)
@@ -616,134 +351,13 @@ def _index_fit(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCac
         release=release,
         arch=arch,
         configurations=configs,
-        mtime=_newest(inputs.files()),
+        mtime=newest_mtime(inputs.files()),
         fit_blob=fit_blob,
         kernel_blob=kernel_blob,
     )
-
-
-def build_folders(builds_dir: Path) -> list[Path]:
-    """The build folders below ``builds_dir`` (dot-folders are uploads in progress)."""
-    if not builds_dir.is_dir():
-        return []
-    return sorted(p for p in builds_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def latest(builds: Iterable[Build]) -> Build | None:
     """The usable build whose inputs were written last."""
     usable = [b for b in builds if b.usable]
     return max(usable, key=lambda b: (b.mtime, b.name)) if usable else None
-
-
-@dataclass(frozen=True)
-class Changes:
-    """One debounced batch of file changes: which builds, and whether board files changed."""
-
-    builds: frozenset[str]
-    boards: bool
-    everything: bool = False  # a watched folder was replaced: look at every build again
-
-
-def classify(paths: Iterable[Path], builds_dir: Path, boards_dir: Path) -> Changes:
-    """Map changed paths to build names and a boards flag; hidden (temp) files are ignored."""
-    builds: set[str] = set()
-    boards = False
-    b_root, d_root = builds_dir.resolve(), boards_dir.resolve()
-    for raw in paths:
-        p = raw.resolve() if not raw.is_absolute() else raw
-        if p.is_relative_to(b_root) and p != b_root:
-            if is_hidden(p, b_root):
-                continue
-            builds.add(p.relative_to(b_root).parts[0])
-        elif p.is_relative_to(d_root) and p.suffix == ".toml" and not p.name.startswith("."):
-            boards = True
-    return Changes(frozenset(builds), boards)
-
-
-# How often the watcher checks that the folders it watches are still the same folders (s).
-_RECHECK = 0.25
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-async def watch(
-    builds_dir: Path,
-    boards_dir: Path,
-    *,
-    step_ms: int,
-    stop: asyncio.Event,
-    watching: asyncio.Event | None = None,
-) -> AsyncIterator[Changes]:
-    """Debounced batches of changes below the two folders, until ``stop`` is set.
-
-    ``watching`` is set once the folders are watched; the first batch then says
-    ``everything``, for what landed before the watch began.
-
-    watchfiles groups changes until no new one arrives for ``step_ms`` (at most 5 s), so a
-    ``make`` writing hundreds of files yields one batch. A folder that is removed (and made
-    again), replaced, or made after the start is watched anew within ``_RECHECK`` seconds and
-    reported as ``Changes(everything=True)``: the kernel's watch of a removed folder is gone
-    for good.
-    """
-    b_root, d_root = builds_dir.resolve(), boards_dir.resolve()
-
-    def wanted(change: watchfiles.Change, raw: str) -> bool:
-        # A dot-file (upload in progress) only matters once renamed, which is its own event.
-        return not Path(raw).name.startswith(".")
-
-    first = True
-    while not stop.is_set():
-        folders = (builds_dir, boards_dir)
-        seen = [_identity(p) for p in folders]
-        roots = [p for p, ident in zip(folders, seen, strict=True) if ident is not None]
-        if not first:
-            log.warning(
-                "watch: %s changed (removed, replaced or made): watching %s anew",
-                " or ".join(display(p) for p in folders),
-                ", ".join(display(p) for p in roots) or "nothing until one exists",
-            )
-            yield Changes(frozenset(), True, everything=True)
-        first = False
-        if not roots:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), _RECHECK)
-            if [_identity(p) for p in folders] == seen:
-                first = True  # nothing to say again until something changes
-            continue
-        try:
-            async for batch in watchfiles.awatch(
-                *roots,
-                watch_filter=wanted,
-                step=step_ms,
-                debounce=5000,
-                stop_event=stop,
-                rust_timeout=int(_RECHECK * 1000),
-                yield_on_timeout=True,
-            ):
-                if [_identity(p) for p in folders] != seen:
-                    break
-                if watching is not None and not watching.is_set():
-                    watching.set()
-                    yield Changes(frozenset(), True, everything=True)
-                    continue
-                changes = classify((Path(p) for _, p in batch), b_root, d_root)
-                if changes.builds or changes.boards:
-                    yield changes
-        except (OSError, RuntimeError) as err:  # the watched folder went away under it
-            log.warning("watch: %s", err)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), _RECHECK)
-
-
-def display(path: Path) -> str:
-    """A folder's name for messages: relative to the working folder when below it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

@@ -5,7 +5,7 @@ files holding it end (``modules-6.1.0-arm64.cpio.zst``), which magics start its 
 to compress and decompress it: with the standard library where it can, else with a Debian tool
 (``zstd``, ``lz4``, ``lzop``), whose streams are then measured from their framing so that exactly
 one stream's bytes go through the tool. CPIO reading and writing (``cpio.py``), FIT building
-(``fit/build.py``), build discovery (``builds.py``), upload validation (``http/uploads.py``) and
+(``fit/build.py``), build discovery (``discovery.py``), upload validation (``http/uploads.py``) and
 the OpenAPI patterns all derive what they accept from ``CODECS``: adding a compression is one
 entry here.
 

@@ -31,6 +31,7 @@ from overrided.builds import Build, index_build
 from overrided.catalog import Catalog, Group
 from overrided.clients.barebox import default_hostname, script_name, stable_names
 from overrided.config import Board, display_path, load_boards
+from overrided.discovery import build_folders
 from overrided.errors import OverridedError
 from overrided.render import Render, RenderContext, RenderMemo, pick_build, render_board
 from overrided.served import Entry
@@ -256,7 +257,7 @@ def _index(
     builds = dict(previous.builds)
     rejected = dict(previous.rejected)
     writing = dict(previous.writing)
-    folders = {p.name: p for p in builds_mod.build_folders(env.builds_dir)}
+    folders = {p.name: p for p in build_folders(env.builds_dir)}
     names = set(folders) | set(builds) if changes.builds is None else set(changes.builds)
     for name in sorted(names):
         _index_one(name, folders.get(name), builds, rejected, writing, env, events, changes)

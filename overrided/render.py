@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from overrided import cpio
-from overrided.builds import Build, FitCache
+from overrided.builds import Build
 from overrided.clients import FORMATS, Artifacts, Renderer, barebox
 from overrided.clients.barebox import net_name
 from overrided.config import Board
 from overrided.errors import OverridedError
+from overrided.fit.cache import FitCache
 from overrided.served import Piece, View
 from overrided.state import BoardInfo
 from overrided.store import Blob, Store

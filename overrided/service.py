@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 from overrided import builds as builds_mod
+from overrided import watch as watch_mod
+from overrided import writers
 from overrided.catalog import Catalog
 from overrided.clients import barebox
 from overrided.config import Settings
@@ -126,7 +128,7 @@ class OverridedService:
         self.store.digests.close()
 
     async def _watch(self) -> None:
-        async for changes in builds_mod.watch(
+        async for changes in watch_mod.watch(
             self.builds_dir,
             self.boards_dir,
             step_ms=self.settings.debounce_ms,
@@ -267,7 +269,7 @@ class OverridedService:
                 files = self.snapshot.writing.get(name)
                 if files is None:
                     return  # indexed meanwhile
-                if not await asyncio.to_thread(builds_mod.being_written, files):
+                if not await asyncio.to_thread(writers.being_written, files):
                     break
         finally:
             del self._writer_waits[name]

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from overrided.builds import Build, index_build, release_of_modules_name
+from overrided.builds import Build, index_build
 from overrided.config import Board
+from overrided.discovery import release_of_modules_name
 from overrided.fit import Fit, build_fit
 from overrided.fit.build import DtbSpec
 from overrided.render import RenderContext, RenderError, render_board

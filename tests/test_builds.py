@@ -13,19 +13,11 @@ from typing import Any
 
 import pytest
 
-from overrided.builds import (
-    Build,
-    being_written,
-    classify,
-    find_inputs,
-    index_build,
-    latest,
-    open_for_writing,
-    release_in_modules_cpio,
-    release_of_modules_name,
-    watch,
-)
+from overrided.builds import Build, index_build, latest
+from overrided.discovery import find_inputs, release_in_modules_cpio, release_of_modules_name
 from overrided.store import Blob, Store, digest_of_file
+from overrided.watch import classify, watch
+from overrided.writers import being_written, open_for_writing
 from tests.support.builds import modules_cpio
 from tests.support.fits import board_dtb, sample_fit
 
@@ -319,7 +311,7 @@ def test_a_writer_opening_during_the_probe_does_not_kill_the_service(tmp_path: P
     code = (
         "import subprocess, sys\n"
         "from pathlib import Path\n"
-        "from overrided.builds import open_for_writing\n"
+        "from overrided.writers import open_for_writing\n"
         "p = Path(sys.argv[1])\n"
         "w = subprocess.Popen(['sh', '-c', 'for i in $(seq 3000); do echo x >> \"$0\"; done', p])\n"
         "n = 0\n"

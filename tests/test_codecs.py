@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from overrided import codecs, cpio
-from overrided.builds import MODULES_NAME
+from overrided.discovery import MODULES_NAME
 from overrided.fit.build import COMPRESSIONS as FIT_COMPRESSIONS
 from overrided.fit.build import compress, detect_compression
 from overrided.http.errors import RequestError

@@ -7,12 +7,13 @@ import tempfile
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from overrided.builds import Inputs, build_folders, find_inputs, open_fit
 from overrided.clients.barebox import script_name
 from overrided.config import Board, load_boards
 from overrided.dhcp import check_subnet
+from overrided.discovery import Inputs, build_folders, find_inputs
 from overrided.errors import OverridedError
 from overrided.fit import Fit, build_fit, match
+from overrided.fit.cache import open_fit
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

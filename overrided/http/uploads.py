@@ -31,8 +31,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel
 
 from overrided import codecs
-from overrided.builds import MODULES_NAME
 from overrided.clients.barebox import script_name
+from overrided.discovery import MODULES_NAME
 from overrided.errors import OverridedError
 from overrided.http.context import MAX_UPLOAD, SERVICE, UPLOAD_LOCKS
 from overrided.http.errors import RequestError
