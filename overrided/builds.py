@@ -48,6 +48,31 @@ class BuildError(OverridedError):
 
 
 @dataclass(frozen=True)
+class Configuration:
+    """One FIT configuration as indexing found it (``ConfigInfo`` is how the API shows it)."""
+
+    name: str
+    compatible: tuple[str, ...]  # effective: the configuration's, else its first fdt's root
+    description: str = ""
+    kernel: str | None = None
+    fdt: tuple[str, ...] = ()
+    ramdisk: tuple[str, ...] = ()
+    signed: bool = False
+
+    def info(self) -> ConfigInfo:
+        """The API's view of this configuration."""
+        return ConfigInfo(
+            name=self.name,
+            compatible=list(self.compatible),
+            description=self.description,
+            kernel=self.kernel,
+            fdt=list(self.fdt),
+            ramdisk=list(self.ramdisk),
+            signed=self.signed,
+        )
+
+
+@dataclass(frozen=True)
 class Build:
     """One indexed build folder: where its FIT and modules are, and the FIT's configurations."""
 
@@ -63,7 +88,7 @@ class Build:
     module_blobs: tuple[Blob, ...] = ()  # in the order of ``modules``
     release: str | None = None
     arch: str | None = None
-    configurations: tuple[ConfigInfo, ...] = ()
+    configurations: tuple[Configuration, ...] = ()
     mtime: float = 0.0  # newest input's mtime: orders builds for "latest"
     indexed_at: float = field(default_factory=time.time)
     error: str | None = None
@@ -110,7 +135,7 @@ class Build:
             fit=rel(self.fit),
             kernel=rel(self.kernel),
             modules=[str(rel(m)) for m in self.modules],
-            configurations=list(self.configurations),
+            configurations=[c.info() for c in self.configurations],
             indexed_at=datetime.fromtimestamp(self.indexed_at, UTC),
             error=self.error,
         )
@@ -118,8 +143,8 @@ class Build:
 
 def configurations_of(
     fit_path: Path, fits: FitCache | None = None, shown: Path | None = None
-) -> tuple[tuple[ConfigInfo, ...], str | None, str | None]:
-    """The FIT's configurations as the API shows them, its kernel arch and its kernel release
+) -> tuple[tuple[Configuration, ...], str | None, str | None]:
+    """The FIT's configurations, its kernel arch and its kernel release
     (``shown``: the name messages give the file). A FIT whose image data does not match its
     hash nodes is refused (``BuildError``): the bootloaders would refuse it at boot."""
     from overrided.fit.hashes import hash_mismatches
@@ -135,17 +160,17 @@ def configurations_of(
         raise BuildError(
             f"{shown or fit_path}: {bad[0]}{more}; barebox and U-Boot refuse such an image"
         )
-    configs: list[ConfigInfo] = []
+    configs: list[Configuration] = []
     arch: str | None = None
     for name, conf in fit.configurations.items():
         configs.append(
-            ConfigInfo(
+            Configuration(
                 name=name,
-                compatible=list(conf.effective_compatible(fit)),
+                compatible=tuple(conf.effective_compatible(fit)),
                 description=conf.description or "",
                 kernel=conf.kernel,
-                fdt=list(conf.fdt),
-                ramdisk=list(conf.ramdisk),
+                fdt=tuple(conf.fdt),
+                ramdisk=tuple(conf.ramdisk),
                 signed=bool(conf.signatures),
             )
         )

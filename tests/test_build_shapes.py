@@ -118,7 +118,7 @@ def test_a_kernel_without_dtbs_is_a_build(kernel_only: Build) -> None:
     assert kernel_only.release == RELEASE
     assert kernel_only.modules and kernel_only.modules[0].name == f"modules-{RELEASE}-arm64.cpio"
     (conf,) = kernel_only.configurations
-    assert (conf.kernel, conf.fdt, conf.compatible) == ("kernel", [], [])
+    assert (conf.kernel, conf.fdt, conf.compatible) == ("kernel", (), ())
     # U-Boot's own tool reads the FIT we built: one image, one configuration, no fdt.
     assert kernel_only.fit is not None
     listing = run("mkimage", "-l", kernel_only.fit)
@@ -225,9 +225,9 @@ def decomposed(tmp_path: Path) -> tuple[Build, dict[str, Path]]:
 def test_decomposed_fit_lists_base_then_overlays(decomposed: tuple[Build, dict[str, Path]]) -> None:
     build, files = decomposed
     confs = {c.name: c for c in build.configurations}
-    assert confs["conf-1"].fdt == ["fdt-1", "fdt-2", "fdt-3"]
-    assert confs["conf-1"].compatible == ["radxa,rock3a", "rockchip,rk3568"]  # the base's
-    assert confs["conf-2"].fdt == ["fdt-4"]
+    assert confs["conf-1"].fdt == ("fdt-1", "fdt-2", "fdt-3")
+    assert confs["conf-1"].compatible == ("radxa,rock3a", "rockchip,rk3568")  # the base's
+    assert confs["conf-2"].fdt == ("fdt-4",)
     assert build.fit is not None
     listing = run("mkimage", "-l", build.fit)
     assert listing.count("Type:         Flat Device Tree") == 4, listing
@@ -373,7 +373,7 @@ def test_fit_ramdisk_and_the_boards_initrd(
 ) -> None:
     build = ramdisk_build(tmp_path, ramdisks[ramdisk])
     (conf,) = build.configurations
-    assert conf.ramdisk == ["ramdisk"]
+    assert conf.ramdisk == ("ramdisk",)
     assert build.fit is not None
     assert "Ramdisk" in run("mkimage", "-l", build.fit)
     board = Board.model_validate(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from overrided.builds import Build, index_build
+from overrided.builds import Build, Configuration, index_build
 from overrided.config import Board
 from overrided.fit import Fit
 from overrided.fit.verify import verify
@@ -28,7 +28,6 @@ from overrided.render import (
     board_for_hostname,
     render_board,
 )
-from overrided.state import ConfigInfo
 from overrided.store import Store
 from tests.support.builds import init_cpio, modules_cpio
 from tests.support.fits import board_dtb, sample_fit
@@ -356,8 +355,8 @@ def test_no_usable_build() -> None:
         render_board(Board(compatible=["v,x"]), [broken], ctx)
 
 
-def conf(name: str, *compatible: str) -> ConfigInfo:
-    return ConfigInfo(name=name, compatible=list(compatible), kernel="kernel")
+def conf(name: str, *compatible: str) -> Configuration:
+    return Configuration(name=name, compatible=compatible, kernel="kernel")
 
 
 BUILD = Build(
