@@ -104,7 +104,7 @@ def test_index_fit_build(tmp_path: Path, sample: Path) -> None:
     assert build.name == "next"
     assert build.release == "6.19.0-rc3"
     assert build.arch == "arm64"
-    confs = {c.name: c.compatible for c in build.configurations}
+    confs = {c.name: list(c.compatible) for c in build.configurations}
     # conf-c has no compatible of its own: the root compatible of its DTB stands in.
     assert confs == {
         "conf-a": ["v,board-a", "v,soc"],
