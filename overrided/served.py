@@ -362,6 +362,10 @@ class TransferObserver(Protocol):
         """A request was accepted and its view opened."""
         ...
 
+    def progress(self, transfer: Transfer) -> None:
+        """A running transfer got further: ``sent`` is the bytes so far (about once a second)."""
+        ...
+
     def finished(self, transfer: Transfer) -> None:
         """The transfer ended; ``outcome``, ``sent``, ``duration`` and ``reason`` are final."""
         ...
@@ -371,6 +375,9 @@ class NoObserver:
     """A ``TransferObserver`` that ignores everything (a standalone server with no service)."""
 
     def started(self, transfer: Transfer) -> None:
+        """Ignore."""
+
+    def progress(self, transfer: Transfer) -> None:
         """Ignore."""
 
     def finished(self, transfer: Transfer) -> None:

@@ -405,6 +405,10 @@ class OverridedService:
         self.pins.started(transfer)
         self.events.publish(Event.of_transfer(transfer, started=True))
 
+    def progress(self, transfer: Transfer) -> None:
+        """A running transfer's bytes so far: an event only (the journal keeps ended ones)."""
+        self.events.publish(Event.of_transfer(transfer, progress=True))
+
     def finished(self, transfer: Transfer) -> None:
         """Journal the transfer, log it with its board and outcome, publish the event."""
         self.pins.finished(transfer)

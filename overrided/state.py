@@ -90,6 +90,7 @@ EventKind = Literal[
     "board-rendered",
     "board-failed",
     "transfer-started",
+    "transfer-progress",
     "transfer-finished",
     "transfer-failed",
     # Builds by URL (``PUT /api/builds/<name>``): a fetch began, one file's bytes so far, one
@@ -117,10 +118,14 @@ class Event(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def of_transfer(cls, transfer: Transfer, *, started: bool = False) -> Event:
-        """The event for a transfer that started or ended."""
+    def of_transfer(
+        cls, transfer: Transfer, *, started: bool = False, progress: bool = False
+    ) -> Event:
+        """The event for a transfer that started, got further, or ended."""
         if started:
             kind: EventKind = "transfer-started"
+        elif progress:
+            kind = "transfer-progress"
         elif transfer.outcome in ("ok", "probe", "aborted"):
             kind = "transfer-finished"
         else:
@@ -210,6 +215,10 @@ class Service(Protocol):
 
     def started(self, transfer: Transfer) -> None:
         """A server accepted a request (``TransferObserver``)."""
+        ...
+
+    def progress(self, transfer: Transfer) -> None:
+        """A running transfer got further (``TransferObserver``)."""
         ...
 
     def finished(self, transfer: Transfer) -> None:

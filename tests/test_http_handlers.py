@@ -747,3 +747,24 @@ async def test_file_shorter_than_its_piece_drops_the_connection(
     assert transfer.outcome == "failed"
     assert "ended 6000 bytes before its piece" in transfer.reason
     assert transfer.sent == 4 + 4_000
+
+
+def test_metrics_count_a_transfer_once_whatever_its_progress_reports() -> None:
+    from prometheus_client import generate_latest
+
+    from overrided.http.metrics import Metrics
+    from overrided.served import Transfer
+    from overrided.state import Event
+
+    m = Metrics()
+    t = Transfer(protocol="tftp", client="192.0.2.7:1069", name="initrd", size=3000)
+    m.observe(Event.of_transfer(t, started=True))
+    for sent in (1000, 2000):
+        t.sent = sent
+        m.observe(Event.of_transfer(t, progress=True))
+    t.sent = 3000
+    m.observe(Event.of_transfer(t))
+    text = generate_latest(m.registry).decode()
+    assert 'overrided_transfers_total{outcome="ok",protocol="tftp"} 1.0' in text
+    assert 'overrided_transfer_bytes_total{protocol="tftp"} 3000.0' in text
+    assert 'overrided_active_transfers{protocol="tftp"} 0.0' in text

@@ -25,6 +25,7 @@ from overrided.tftp.packets import (
     parse_error,
     parse_oack,
 )
+from overrided.tftp.server import PROGRESS_EVERY
 from tests.support.tftp import RawClient, ServerThread, data_blocks, read_whole, wait_until
 
 SMALL = bytes(range(256)) * 4  # 1024 bytes: two full 512-byte blocks and an empty one
@@ -436,3 +437,46 @@ def test_close_cancels_running_transfers(root: Path) -> None:
         client.close()
         (record,) = srv.observer.wait_finished(1)
         assert (record.outcome, record.reason) == ("aborted", "server shutting down")
+
+
+@pytest.mark.parametrize("loop", ["c-loop", "python-loop", "forked"])
+def test_a_running_transfer_reports_its_bytes_so_far(
+    root: Path, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that stops acknowledging halfway sees the server report, while it waits, how
+    far the transfer got: at least what was acknowledged, at most a read-ahead past it."""
+    if loop == "python-loop":
+        monkeypatch.setenv("OVERRIDED_TFTP_NATIVE", "0")
+    if loop == "forked":
+        monkeypatch.setenv("OVERRIDED_TFTP_LAUNCHER", "0")
+    acked = 300  # blocks of 512 bytes, of BIG's 1200
+    with ServerThread(root, timeout=5.0, retries=2) as srv:
+        client = RawClient(srv.port)
+        try:
+            client.request("big")
+            for block in range(1, acked + 1):
+                packet = client.recv()
+                assert data_blocks([packet]) == [block]
+                client.send(encode_ack(block))
+            packet = client.recv()  # block acked + 1, left unacknowledged for a while
+            deadline = time.monotonic() + 2.5 * PROGRESS_EVERY
+            while time.monotonic() < deadline and not srv.observer.progress_sent:
+                time.sleep(0.05)
+            reports = list(srv.observer.progress_sent)
+            assert reports, "no progress reported while the client paused"
+            name, sent = reports[-1]
+            assert name == "big"
+            assert acked * 512 <= sent < len(BIG), (sent, len(BIG))
+            assert sent <= (acked + 1 + 64) * 512  # the read-ahead is a few blocks, not more
+            block = acked + 1
+            while True:  # the rest, to the end
+                client.send(encode_ack(block))
+                if len(packet) - 4 < 512:
+                    break
+                packet = client.recv()
+                block += 1
+        finally:
+            client.close()
+        (record,) = srv.observer.wait_finished()
+        assert (record.outcome, record.sent) == ("ok", len(BIG))
+        assert all(s <= len(BIG) for _, s in srv.observer.progress_sent)

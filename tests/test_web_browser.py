@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
+from overrided.tftp.packets import ErrorCode, Opcode, encode_ack, encode_error, opcode_of
 from tests.support.builds import RELEASE, modules_cpio, newc_archive
 from tests.support.fits import sample_fit
 from tests.support.serve import Served
+from tests.support.tftp import RawClient
 from tests.support.tftp_clients import tftp_hpa
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -199,6 +201,36 @@ def test_a_tftp_download_shows_progress_then_the_finished_fetch(
     seen = page.evaluate("window.seen")
     assert any(initrd in s and "tftp" in s for s in seen), seen
     print(f"tftp-hpa fetched {size} bytes in {took:.1f} s; the page showed {seen[:2]}")
+
+
+def test_a_transfer_in_flight_shows_its_bytes_and_speed(
+    served: Served, page: Page, fit: Path, big_modules: Path
+) -> None:
+    """A client that stops acknowledging partway: while the server waits, the row's bar says
+    how many bytes of how many went, and at what speed (the server reports it once a second)."""
+    (served.boards / "board-a.toml").write_text(BOARD_A)
+    land(served, "b1", fit, big_modules)
+    board = served.wait_for(
+        lambda: next((b for b in served.api("/api/boards") if "initrd" in b["artifacts"]), None)
+    )
+    initrd = board["artifacts"]["initrd"]
+    open_live(page, served.http_base + "/")
+    client = RawClient(served.tftp_port, timeout=10.0)
+    try:
+        client.request(initrd)
+        for block in range(1, 201):  # 100 KiB acknowledged, then a pause
+            packet = client.recv()
+            assert opcode_of(packet) == Opcode.DATA, packet[:40]
+            client.send(encode_ack(block))
+        inflight = row(page, "board-a").locator(".inflight")
+        expect(inflight).to_contain_text(" of ", timeout=WAIT_MS)
+        text = inflight.inner_text()
+        assert initrd in text and "tftp" in text and "/s" in text, text
+        assert "KiB of" in text or "MiB of" in text, text
+    finally:
+        client.send(encode_error(ErrorCode.UNDEFINED, "enough"))
+        client.close()
+    expect(row(page, "board-a").locator(".inflight")).to_be_hidden(timeout=WAIT_MS)
 
 
 def test_a_script_like_board_is_shown_escaped(served: Served, page: Page, fit: Path) -> None:

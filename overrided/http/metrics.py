@@ -82,6 +82,8 @@ class Metrics:
                 self._open.add(key)
                 self.active.labels(protocol).inc()
                 return
+            if event.kind == "transfer-progress":
+                return  # still running: counted once it ends
             outcome = str(data.get("outcome", "ok"))
             if key in self._open:  # refusals and misses end without having started
                 self._open.discard(key)

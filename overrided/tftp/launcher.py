@@ -196,6 +196,23 @@ def read_result(data: bytes, record: Transfer) -> None:
         record.outcome, record.reason = "failed", "transfer process ended without a result"
 
 
+def read_bytes(pid: int) -> int:
+    """Bytes process ``pid`` has read so far (``rchar`` of ``/proc/<pid>/io``), 0 if unknown.
+
+    A transfer's process reads the view's files with ``preadv`` (counted) and the client's
+    ACKs with ``recv`` (not counted), so what it read, less what it had read before its
+    transfer began, is its progress: at most its read-ahead (a few blocks) past what it sent.
+    """
+    try:
+        with open(f"/proc/{pid}/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"rchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _cpu_seconds() -> float:
     """User and system CPU time of this process so far (a transfer's, in its process)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -356,12 +373,14 @@ def _spare(channel: socket.socket, said: int) -> NoReturn:
                 channel.send(json.dumps({"id": job_id, "pid": 0}).encode())
                 continue
             cpu_before = _cpu_seconds()  # the warm-up's is not the transfer's
+            read_before = read_bytes(os.getpid())  # nor are its reads (see ``read_bytes``)
             transfer = job.build(socket.socket(fileno=sock_fd), job.source(view))
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, CHILD_SIGNALS)
             transfer.begin()  # the client's answer first; the rest is off its clock
             pidfd = os.pidfd_open(os.getpid())
             with contextlib.suppress(OSError):  # a server gone cannot stop us: we end anyway
-                reply = json.dumps({"id": job_id, "pid": os.getpid()}).encode()
+                answer = {"id": job_id, "pid": os.getpid(), "read": read_before}
+                reply = json.dumps(answer).encode()
                 socket.send_fds(channel, [reply], [pidfd])
             with contextlib.suppress(OSError):  # a launcher gone: this transfer goes on
                 os.write(said, _TOOK)
@@ -383,9 +402,9 @@ def _warm_up() -> None:
 
 # -- the server's side -----------------------------------------------------------------------
 
-# Called with a launched transfer's pid and pidfd (0 and -1 if it could not be started or the
-# launcher stopped before saying).
-Launched = Callable[[int, int], None]
+# Called with a launched transfer's pid, pidfd (0 and -1 if it could not be started or the
+# launcher stopped before saying) and the bytes its process had read before the transfer began.
+Launched = Callable[[int, int, int], None]
 
 
 class Launcher:
@@ -525,10 +544,12 @@ class Launcher:
                 self._ready_event.set()
                 continue
             pidfd = fds[0] if fds else -1
-            job_id, pid = reply.get("id"), reply.get("pid")
+            job_id, pid, read = reply.get("id"), reply.get("pid"), reply.get("read")
             launched = self._waiting.pop(job_id, None) if isinstance(job_id, int) else None
             if launched is not None:
-                launched(pid if isinstance(pid, int) else 0, pidfd)
+                launched(
+                    pid if isinstance(pid, int) else 0, pidfd, read if isinstance(read, int) else 0
+                )
             elif pidfd >= 0:
                 os.close(pidfd)
 
@@ -544,7 +565,7 @@ class Launcher:
         """No answers will come: their processes (if any) still report through their pipes."""
         waiting, self._waiting = self._waiting, {}
         for launched in waiting.values():
-            launched(0, -1)
+            launched(0, -1, 0)
 
     def _drop_channel(self) -> None:
         if self._pidfd >= 0:

@@ -39,7 +39,14 @@ from overrided.served import (
     View,
     clean_name,
 )
-from overrided.tftp.launcher import CHILD_SIGNALS, Launcher, TransferJob, child_main, read_result
+from overrided.tftp.launcher import (
+    CHILD_SIGNALS,
+    Launcher,
+    TransferJob,
+    child_main,
+    read_bytes,
+    read_result,
+)
 from overrided.tftp.packets import (
     MAX_BLKSIZE,
     MAX_REQUEST,
@@ -65,6 +72,8 @@ _IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 _SNDBUF = 4 * 1024 * 1024
 # Seconds start() waits for the transfer launcher (a fresh interpreter: ~0.2 s).
 LAUNCHER_READY = 10.0
+# Seconds between progress reports of the transfers running (bytes sent so far).
+PROGRESS_EVERY = 1.0
 
 
 class TftpError(OverridedError):
@@ -139,6 +148,7 @@ class TftpServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._launcher = Launcher()
+        self._progress: asyncio.TimerHandle | None = None
         # Requests the namespace holds for a render in progress: (client, name) → request.
         self._held: dict[tuple[tuple[object, ...], str], Request] = {}
 
@@ -193,6 +203,9 @@ class TftpServer:
         if self.transfers:  # each child reports its end through its pipe; wait for that
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 2.0)
+        if self._progress is not None:
+            self._progress.cancel()
+            self._progress = None
         await self._launcher.close()
 
     # -- requests ----------------------------------------------------------------------------
@@ -325,6 +338,26 @@ class TftpServer:
             self.observer.started(record)
         except Exception:
             log.exception("transfer observer failed")
+        if self._progress is None and self._loop is not None:
+            self._progress = self._loop.call_later(PROGRESS_EVERY, self._report_progress)
+
+    def _report_progress(self) -> None:
+        """Tell the observer how far each running transfer got: what its process has read of
+        the view (``read_bytes``), which is what it sent give or take its read-ahead."""
+        self._progress = None
+        for child in list(self.transfers.values()):
+            if child.done or child.pid <= 0:
+                continue
+            sent = min(max(read_bytes(child.pid) - child.read0, 0), child.record.size)
+            if sent <= child.record.sent:
+                continue
+            child.record.sent = sent
+            try:
+                self.observer.progress(child.record)
+            except Exception:
+                log.exception("transfer observer failed")
+        if self.transfers and self._loop is not None:
+            self._progress = self._loop.call_later(PROGRESS_EVERY, self._report_progress)
 
     def _hold(
         self,
@@ -494,7 +527,8 @@ class _Child:
     """A transfer running in a process of its own, as the server's loop sees it."""
 
     __slots__ = (
-        "cancelled", "done", "fd", "forked", "job", "peer", "pid", "pidfd", "record", "twin"
+        "cancelled", "done", "fd", "forked", "job", "peer", "pid", "pidfd", "read0", "record",
+        "twin",
     )  # fmt: skip
 
     def __init__(
@@ -506,18 +540,19 @@ class _Child:
         self.peer = peer
         self.pid = 0  # known once started (the launcher's answer comes a little later)
         self.pidfd = -1  # from the launcher; a forked child is signalled by its pid
+        self.read0 = 0  # bytes its process had read before its transfer began (a fork's: 0)
         self.forked = False  # forked by the server (which then reaps it)
         self.job: int | None = None  # the launcher's job id
         self.cancelled = False
         self.done = False
 
-    def launched(self, pid: int, pidfd: int) -> None:
+    def launched(self, pid: int, pidfd: int, read0: int) -> None:
         """The launcher started it (``pidfd`` -1: it has ended already, or never started)."""
         if self.done:
             if pidfd >= 0:
                 os.close(pidfd)
             return
-        self.pid, self.pidfd = pid, pidfd
+        self.pid, self.pidfd, self.read0 = pid, pidfd, read0
         if self.cancelled:
             self._terminate()
 

@@ -26,12 +26,17 @@ class RecordingObserver:
     def __init__(self) -> None:
         self.started_records: list[Transfer] = []
         self.finished_records: list[Transfer] = []
+        self.progress_sent: list[tuple[str, int]] = []  # (name, bytes so far) as reported
         self._cond = threading.Condition()
 
     def started(self, transfer: Transfer) -> None:
         with self._cond:
             self.started_records.append(transfer)
             self._cond.notify_all()
+
+    def progress(self, transfer: Transfer) -> None:
+        with self._cond:
+            self.progress_sent.append((transfer.name, transfer.sent))
 
     def finished(self, transfer: Transfer) -> None:
         with self._cond:

@@ -71,7 +71,7 @@
       for (const row of rowsOf(t.board)) {
         const cell = row.querySelector(".inflight");
         if (!cell) continue;
-        const elapsed = Math.max(now - t.started, 0);
+        const elapsed = Math.max(now - (t.seen ?? t.started), 0);
         const bar = document.createElement("progress");
         bar.title = t.name;
         let what = `${size(t.size)}`;
@@ -110,7 +110,18 @@
     };
     events.addEventListener("transfer-started", (ev) => {
       const e = JSON.parse(ev.data);
-      inflight.set(`${e.data.client} ${e.data.name}`, { ...e.data, board: e.board });
+      // Elapsed time on this browser's clock, which need not agree with the server's.
+      const seen = Date.now() / 1000;
+      inflight.set(`${e.data.client} ${e.data.name}`, { ...e.data, board: e.board, seen });
+      showInflight();
+    });
+    events.addEventListener("transfer-progress", (ev) => {
+      // About once a second per running transfer: its bytes so far.
+      const e = JSON.parse(ev.data);
+      const key = `${e.data.client} ${e.data.name}`;
+      const t = inflight.get(key);
+      if (t) t.sent = e.data.sent;
+      else inflight.set(key, { ...e.data, board: e.board, seen: Date.now() / 1000 });
       showInflight();
     });
     for (const kind of REFRESHING) {
