@@ -986,6 +986,35 @@ def _modules_root(tree: Path) -> tuple[Path, str]:
     raise CpioError(f"{tree}: no lib/modules/<release> folder (nor modules.order or kernel/ in it)")
 
 
+def _extract(tar: tarfile.TarFile, dest: Path, where: Path) -> None:
+    """Extract ``tar`` below ``dest`` only, with the standard library's "tar" filter where Python
+    has it (3.11.4 and later). Debian 12's 3.11.2 has not: the same rules are applied here then,
+    member by member: nothing written outside ``dest`` (a leading ``/`` is dropped; ``..``
+    names, or a path through a link extracted before, are refused), no devices or FIFOs, no
+    set-id or group/other write bits. Links may point anywhere (``lib/modules/<release>/build``
+    is absolute): they are not followed.
+    """
+    if hasattr(tarfile, "tar_filter"):
+        tar.extractall(dest, filter="tar")
+        return
+    root = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        real = os.path.realpath(os.path.join(root, path))
+        return real == root or real.startswith(root + os.sep)
+
+    for m in tar.getmembers():
+        m.name = m.name.lstrip("/")  # as the "tar" filter does: an absolute name lands inside
+        if not inside(m.name):
+            raise CpioError(f"{where}: {m.name!r} would be written outside the folder")
+        if m.islnk() and (os.path.isabs(m.linkname) or not inside(m.linkname)):
+            raise CpioError(f"{where}: {m.name!r} is a hard link to outside ({m.linkname!r})")
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            raise CpioError(f"{where}: {m.name!r} is a device or FIFO, not a modules file")
+        m.mode &= 0o755
+        tar.extract(m, root, set_attrs=True)
+
+
 def modules_cpio(
     tree: Path,
     out: Path | BinaryIO,
@@ -1004,7 +1033,7 @@ def modules_cpio(
         with tempfile.TemporaryDirectory(prefix="overrided-modules-") as tmp:
             try:
                 with tarfile.open(tree) as tar:
-                    tar.extractall(tmp, filter="tar")
+                    _extract(tar, Path(tmp), tree)
             except (tarfile.TarError, OSError) as err:
                 raise CpioError(f"{tree}: not a readable modules tarball: {err}") from None
             return modules_cpio(

@@ -114,6 +114,56 @@ def test_modules_cpio_from_a_tarball(tmp_path: Path, mode: str) -> None:
     assert from_tar.read_bytes() == from_dir.read_bytes()
 
 
+@pytest.mark.parametrize("python", ["with tar_filter", "without (Debian 12's 3.11.2)"])
+def test_a_modules_tarball_is_extracted_below_its_folder_only(
+    tmp_path: Path, python: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if python.startswith("without"):
+        monkeypatch.delattr(tarfile, "tar_filter", raising=False)
+    root = tmp_path / "install"
+    make_modules(root)
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as tar:
+        tar.add(root / "lib", arcname="lib")
+    assert cpio.modules_cpio(good, tmp_path / "g.cpio", source_date_epoch=0) == RELEASE
+    outside = tmp_path / "outside"
+    for what, members in [
+        ("a .. name", [_file("lib/../../outside")]),
+        (
+            "a file through a symlink out",
+            [_link(tarfile.SYMTYPE, "lib/escape", "../.."), _file("lib/escape/outside")],
+        ),
+    ]:
+        bad = tmp_path / f"bad-{what.replace(' ', '-')}.tar"
+        with tarfile.open(bad, "w") as tar:
+            tar.add(root / "lib", arcname="lib")
+            for member in members:
+                tar.addfile(member, io.BytesIO(b"x") if member.isfile() else None)
+        with pytest.raises(cpio.CpioError) as err:
+            cpio.modules_cpio(bad, tmp_path / "b.cpio")
+        assert str(bad) in str(err.value), what
+        assert not outside.exists(), what
+    # An absolute name lands inside, its leading "/" dropped (the standard library's rule).
+    absolute = tmp_path / "absolute.tar"
+    with tarfile.open(absolute, "w") as tar:
+        tar.add(root / "lib", arcname="lib")
+        tar.addfile(_file(str(outside)), io.BytesIO(b"x"))
+    assert cpio.modules_cpio(absolute, tmp_path / "a.cpio", source_date_epoch=0) == RELEASE
+    assert not outside.exists()
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 1
+    return info
+
+
+def _link(kind: bytes, name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
 def test_modules_cpio_is_reproducible_and_honours_source_date_epoch(tmp_path: Path) -> None:
     rel = make_modules(tmp_path / "a")
     a, b = tmp_path / "a.cpio", tmp_path / "b.cpio"
