@@ -3,8 +3,8 @@
 What a board with a ``mac`` gets (docs/network.md):
 
 * its ``ip``, else a stable address from ``--dhcp-range`` (dnsmasq hashes the MAC);
-* option 12 (host name) = its barebox ``global.hostname``, which picks the
-  ``<user>-devboot-<hostname>`` script barebox's ``devboot`` sources;
+* option 12 (host name) = its barebox ``global.hostname``, which picks the devboot script
+  barebox's ``devboot`` sources (``clients/barebox.py`` names it);
 * ``siaddr`` and option 66 (TFTP server) = this server: barebox sets ``global.net.server``
   from option 66, U-Boot sets ``serverip`` from ``siaddr``;
 * option 67 (boot file) for U-Boot and iPXE: ``<board>.scr`` with the ``bootscr`` format (U-Boot's

@@ -67,3 +67,13 @@ def test_a_format_registered_by_its_own_module_is_rendered(tmp_path: Path) -> No
     assert r.names["none-listing-board-a"].read() == f"{a.fit} {a.kernel}\n".encode()
     with pytest.raises(ValueError, match="registered twice"):
         register("listing")(render)
+
+
+def test_only_the_barebox_module_spells_barebox_names() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    spelling = sorted(
+        str(p.relative_to(repo))
+        for p in (repo / "overrided").rglob("*.py")
+        if "-devboot-" in p.read_text()
+    )
+    assert spelling == ["overrided/clients/barebox.py"]
