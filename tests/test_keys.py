@@ -34,7 +34,7 @@ from tests.support.fits import (
     sample_configs,
     sample_fit,
 )
-from tests.test_sign import shared_rsa_keys
+from tests.support.signing import shared_rsa_keys
 
 
 def node_properties(dtb: Path, path: str) -> list[tuple[str, bytes]]:

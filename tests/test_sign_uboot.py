@@ -44,8 +44,7 @@ from tests.support.fits import (
     sample_configs,
     sample_fit,
 )
-from tests.support.uboot import UBOOT_BIN, UBoot
-from tests.test_sign import (
+from tests.support.signing import (
     flip_byte,
     prop,
     replace_image,
@@ -53,6 +52,7 @@ from tests.test_sign import (
     shared_rsa_keys,
     without_sign_images,
 )
+from tests.support.uboot import UBOOT_BIN, UBoot
 
 pytestmark = [
     pytest.mark.e2e,
