@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -131,7 +130,6 @@ class Result:
     cp_seconds: float
     cp_bytes: int  # allocated by the cp
     seconds: float | None  # landing to all served; None: timed out
-    published: float | None  # landing to the last board's board-rendered event received
     gate: float | None  # landing to the last board served, polled alone
     served: int
     sweep: float  # the last sweep over the boards, the bound on the clock's lateness
@@ -219,33 +217,6 @@ def cp_floor(inputs: Inputs, folder: Path, tries: int = 3) -> tuple[float, int]:
         written = allocated(dest)
         shutil.rmtree(dest)
     return best, written
-
-
-async def follow_published(
-    base: str,
-    build: str,
-    boards: Sequence[BoardRef],
-    received: dict[str, float],
-    ready: asyncio.Event,
-) -> None:
-    """Record when each board's ``board-rendered`` event for ``build`` arrives on
-    ``/api/events``. The service publishes it just after swapping in the snapshot that serves
-    the board, so its arrival is when the board became served, late only by the event's trip."""
-    names = {b.hostname for b in boards}
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(f"{base}/api/events", params={"kinds": "board-rendered"}) as r,
-    ):
-        r.raise_for_status()
-        ready.set()  # the server subscribes a client before it answers
-        async for raw in r.content:
-            line = raw.decode(errors="replace").strip()
-            if not line.startswith("data:"):
-                continue
-            event = json.loads(line[5:])
-            if event.get("build") == build and event.get("board") in names:
-                received.setdefault(event["board"], time.perf_counter())
 
 
 def land(inputs: Inputs, builds: Path, name: str) -> float:
@@ -506,26 +477,8 @@ def one_run(inputs: Inputs, count: int, run: int, timeout: float) -> Result:
             memory = Memory(srv.proc.pid)
             before = allocated(srv.store)
             cpu0 = cpu_seconds(srv.proc.pid)
-            received: dict[str, float] = {}
-
-            async def measure() -> tuple[float, Sweeps]:
-                ready = asyncio.Event()
-                follow = asyncio.create_task(
-                    follow_published(srv.http_base, build, boards, received, ready)
-                )
-                await asyncio.wait_for(ready.wait(), 30)
-                t0 = await asyncio.to_thread(land, inputs, srv.builds, build)
-                try:
-                    return t0, await wait_served(srv, boards, build, t0 + timeout, memory)
-                finally:
-                    settle = time.perf_counter() + 1.0  # events still on their way
-                    while len(received) < len(boards) and time.perf_counter() < settle:
-                        await asyncio.sleep(0.01)
-                    follow.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
-                        await follow
-
-            t0, sweeps = asyncio.run(measure())
+            t0 = land(inputs, srv.builds, build)
+            sweeps = asyncio.run(wait_served(srv, boards, build, t0 + timeout, memory))
             seen = sweeps.seen
             cpu = cpu_seconds(srv.proc.pid) - cpu0
             growth = allocated(srv.store, inodes(srv.builds)) - before
@@ -537,11 +490,6 @@ def one_run(inputs: Inputs, count: int, run: int, timeout: float) -> Result:
                 cp_seconds=cp_seconds,
                 cp_bytes=cp_bytes,
                 seconds=max(s.at for s in seen.values()) - t0 if len(seen) == len(boards) else None,
-                published=(
-                    max(received.values()) - t0
-                    if len(received) == len(boards) and len(seen) == len(boards)
-                    else None
-                ),
                 gate=None if sweeps.gate is None else sweeps.gate - t0,
                 served=len(seen),
                 sweep=sweeps.sweep,
@@ -583,8 +531,7 @@ def mb(n: float) -> str:
 
 # Table columns: title, width.
 COLUMNS = (
-    ("boards", 6), ("run", 3), ("cp MB", 7), ("cp s", 7), ("published s", 11), ("gate s", 7),
-    ("served s", 16),
+    ("boards", 6), ("run", 3), ("cp MB", 7), ("cp s", 7), ("gate s", 7), ("served s", 16),
     ("ratio", 7), ("sweep s", 7), ("cpu s", 7), ("store +MB", 9), ("growth", 6), ("rss MB", 7),
     ("helpers", 8), ("tftp", 5),
 )  # fmt: skip
@@ -605,7 +552,6 @@ def row(r: Result) -> str:
     return table_line(
         [
             r.boards, r.run, mb(r.cp_bytes), f"{r.cp_seconds:.3f}",
-            "-" if r.published is None else f"{r.published:.3f}",
             "-" if r.gate is None else f"{r.gate:.3f}", served, ratio,
             f"{r.sweep:.3f}", f"{r.cpu:.1f}", mb(r.growth), f"{r.growth / r.landed:.2f}",
             mb(r.rss), mb(r.helpers_rss), checked,
@@ -615,9 +561,6 @@ def row(r: Result) -> str:
 
 LEGEND = """\
 cp MB, cp s: what the floor, a cp of the landed files into a fresh folder, allocates and takes
-published s: landing to the last board's board-rendered event received on /api/events: the
-             service sends it right after the snapshot that serves the board is in place, so
-             this is when every board was served (counted only if the sweep then found them all)
 gate s:      landing to the last board file's board seen served (it alone is polled until then)
 served s:    landing to every board's script (HTTP) naming the build, with its FIT and initrd
              served; late by at most a pause and a sweep over the boards (sweep s)
@@ -643,14 +586,8 @@ def summary(results: list[Result]) -> list[str]:
         served = f"timed out ({worst}/{largest} served at best)"
         ratio = "timeout"
     else:
-        # When each board became served (its event), else the sweep's upper bound.
-        exact = all(r.published is not None for r in runs)
-        seconds = statistics.median((r.published if exact else r.seconds) or 0.0 for r in runs)
-        checked = statistics.median(r.seconds or 0.0 for r in runs)
-        served = (
-            f"served in {seconds:.3f} s (met: {'yes' if seconds <= TARGET_SECONDS else 'no'}; "
-            + (f"{'published' if exact else 'sweep'}, every board checked by {checked:.3f} s)")
-        )
+        seconds = statistics.median(r.seconds or 0.0 for r in runs)
+        served = f"served in {seconds:.3f} s (met: {'yes' if seconds <= TARGET_SECONDS else 'no'})"
         ratio = f"{seconds / cp:.1f}"
     lines += [
         f"{largest} boards: {served}; store growth {growth:.2f}x "
