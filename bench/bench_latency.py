@@ -95,24 +95,26 @@ def inputs() -> tuple[Path, Path]:
     return fit, mods
 
 
-def quick_inputs(folder: Path) -> tuple[Path, Path]:
+def quick_inputs(
+    folder: Path, *, kernel_bytes: int = 1 << 20, module_bytes: int = 2 << 20, stem: str = "quick"
+) -> tuple[Path, Path]:
     """A small FIT and modules CPIO in ``folder``, made the same way as the Debian ones.
 
-    The FIT is ``overrided fit build`` of a 1 MiB stand-in kernel and one DTB per
+    The FIT is ``overrided fit build`` of a stand-in kernel (1 MiB by default) and one DTB per
     ``QUICK_BOARDS`` entry (compiled by dtc); the CPIO is ``overrided cpio modules`` of a
-    ``lib/modules/<release>`` with one 2 MiB stand-in module.
+    ``lib/modules/<release>`` with one stand-in module (2 MiB by default).
     """
     dtbs = folder / "dtbs"
     for name, compatible in QUICK_BOARDS.items():
         board_dtb(dtbs / name, compatible, model=name.rsplit("/", 1)[-1].removesuffix(".dtb"))
     kernel = folder / "Image"
-    kernel.write_bytes(payload(1 << 20, 1))
+    kernel.write_bytes(payload(kernel_bytes, 1))
     tree = folder / "lib" / "modules" / QUICK_RELEASE
-    module = tree / "kernel" / "drivers" / "misc" / "quick.ko"
+    module = tree / "kernel" / "drivers" / "misc" / f"{stem}.ko"
     module.parent.mkdir(parents=True)
-    module.write_bytes(payload(2 << 20, 2))
-    (tree / "modules.order").write_text("kernel/drivers/misc/quick.ko\n")
-    fit = folder / "quick-image.fit"
+    module.write_bytes(payload(module_bytes, 2))
+    (tree / "modules.order").write_text(f"kernel/drivers/misc/{stem}.ko\n")
+    fit = folder / f"{stem}-image.fit"
     mods = folder / f"modules-{QUICK_RELEASE}.cpio"
     overrided(
         "fit", "build", "--kernel", str(kernel), "--dtbs", str(dtbs), "-o", str(fit),

@@ -64,9 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "bench"))
 
-from bench_latency import DESCRIPTION, QUICK_BOARDS, QUICK_RELEASE, overrided  # noqa: E402
+from bench_latency import DESCRIPTION, QUICK_BOARDS, quick_inputs  # noqa: E402
 
-from tests.support.fits import board_dtb, payload  # noqa: E402
 from tests.support.netns import Netns  # noqa: E402
 from tests.support.serve import HOST, Served, free_port  # noqa: E402
 
@@ -188,28 +187,12 @@ class Expected:
 
 
 def small_inputs(folder: Path, kib: int) -> tuple[Path, Path]:
-    """A FIT and modules CPIO made as bench_latency's quick inputs, with ``kib`` KiB stand-ins.
+    """bench_latency's quick inputs with ``kib`` KiB stand-ins.
 
     The service caps blksize at Ethernet's 1468, so a file's blocks, and with them the losses
     each transfer has to wait out, grow with its size: small files keep the soak bounded.
     """
-    dtbs = folder / "dtbs"
-    for name, compatible in QUICK_BOARDS.items():
-        board_dtb(dtbs / name, compatible, model=name.rsplit("/", 1)[-1].removesuffix(".dtb"))
-    kernel = folder / "Image"
-    kernel.write_bytes(payload(kib << 10, 1))
-    tree = folder / "lib" / "modules" / QUICK_RELEASE
-    module = tree / "kernel" / "drivers" / "misc" / "soak.ko"
-    module.parent.mkdir(parents=True)
-    module.write_bytes(payload(kib << 10, 2))
-    (tree / "modules.order").write_text("kernel/drivers/misc/soak.ko\n")
-    fit, mods = folder / "soak-image.fit", folder / f"modules-{QUICK_RELEASE}.cpio"
-    overrided(
-        "fit", "build", "--kernel", str(kernel), "--dtbs", str(dtbs), "-o", str(fit),
-        "--description", DESCRIPTION,
-    )  # fmt: skip
-    overrided("cpio", "modules", str(tree), "-o", str(mods))
-    return fit, mods
+    return quick_inputs(folder, kernel_bytes=kib << 10, module_bytes=kib << 10, stem="soak")
 
 
 def write_boards(folder: Path) -> list[str]:
