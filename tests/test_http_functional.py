@@ -22,8 +22,8 @@ from openapi_spec_validator import validate
 
 from tests.support.fits import SampleFit, sample_fit
 from tests.support.serve import Served
+from tests.support.serve import served_with_board_a as served
 
-BOARD = 'compatible = ["v,board-a", "v,soc"]\narch = "arm64"\n'
 DEVBOOT = "none-devboot-board-a"
 
 
@@ -32,12 +32,6 @@ def fits(tmp_path_factory: pytest.TempPathFactory) -> tuple[SampleFit, SampleFit
     """Two different mkimage FITs (the second has conf-a as default)."""
     root = tmp_path_factory.mktemp("fits")
     return sample_fit(root / "one"), sample_fit(root / "two", default="conf-a")
-
-
-def served(root: Path, *extra: str) -> Served:
-    (root / "boards").mkdir(parents=True, exist_ok=True)
-    (root / "boards" / "board-a.toml").write_text(BOARD)
-    return Served(root, extra=extra)
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ from overrided.served import Entry
 from overrided.state import BoardInfo, BuildInfo, EventHub, IndexResult, Journal
 from tests.support.fits import SampleFit, sample_fit
 from tests.support.serve import HOST, Served
+from tests.support.serve import served_with_board_a as served
 
-BOARD = 'compatible = ["v,board-a", "v,soc"]\narch = "arm64"\n'
 TAR = "application/x-tar"
 
 
@@ -39,13 +39,6 @@ TAR = "application/x-tar"
 def fit(tmp_path_factory: pytest.TempPathFactory) -> SampleFit:
     """One mkimage FIT that boots ``board-a``."""
     return sample_fit(tmp_path_factory.mktemp("fit"))
-
-
-def served(root: Path, *extra: str) -> Served:
-    """The real server with one board file, not started yet."""
-    (root / "boards").mkdir(parents=True, exist_ok=True)
-    (root / "boards" / "board-a.toml").write_text(BOARD)
-    return Served(root, extra=extra)
 
 
 @pytest.fixture

@@ -28,6 +28,9 @@ from typing import Any
 from tests.support.netns import Netns
 
 HOST = "127.0.0.1"
+# One board that the sample FITs (``tests/support/fits.py``) serve as ``board-a``.
+BOARD_A = 'compatible = ["v,board-a", "v,soc"]\narch = "arm64"\n'
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -224,3 +227,10 @@ class NsServed(Served):
     def api(self, path: str) -> Any:
         """GET a JSON API path."""
         return json.loads(self.http_get(path))
+
+
+def served_with_board_a(root: Path, *extra: str) -> Served:
+    """The real server on ``root`` with one board file, ``board-a`` (``BOARD_A``); not started."""
+    (root / "boards").mkdir(parents=True, exist_ok=True)
+    (root / "boards" / "board-a.toml").write_text(BOARD_A)
+    return Served(root, extra=extra)
