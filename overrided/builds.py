@@ -256,9 +256,11 @@ def index_build(
     With ``hash_modules``, the modules CPIOs start being hashed into ``store.digests`` (by its
     hash process) before the FIT is parsed, or as soon as they are written when the FIT is
     still being written, so that the render that follows (its initrd is cached by content)
-    waits for the end of that hash instead of starting it after the parse and the trim. Worth
-    it for a build that just landed, which the boards are about to pick; not for every build at
-    start-up, which no board may use.
+    waits for the end of that hash instead of starting it after the parse and the trim; and
+    they are copied into the store while they are hashed (a copy whose content the store holds
+    already is dropped). Worth it for a build that just landed, which the boards are about to
+    pick; not for every build at start-up, which no board may use and whose blobs are mostly
+    stored already.
     """
     name = path.name
     try:
@@ -295,7 +297,7 @@ def index_build(
             and all(store.blob(d) is not None for d in previous.blobs().values())
         ):
             return previous
-        built = _index(name, path, inputs, store, fits, ingested)
+        built = _index(name, path, inputs, store, fits, ingested, eager=hash_modules)
         return dataclasses.replace(built, stamp=stamp)
     except OverridedError as err:
         return Build(name=name, path=path, error=str(err))
@@ -310,6 +312,8 @@ def _index(
     store: Store,
     fits: FitCache | None,
     ingested: Callable[[Blob], object] | None = None,
+    *,
+    eager: bool = False,
 ) -> Build:
     if inputs.fit is None and inputs.kernel is None:
         raise BuildError(f"{name}: no image.fit and no Image/Image.gz/zImage found")
@@ -317,7 +321,7 @@ def _index(
     # The modules CPIOs (hundreds of MB) are ingested on a thread of their own, while the FIT is
     # ingested and parsed here: the copies run in the kernel, without the GIL.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-{name}") as pool:
-        module_jobs = [pool.submit(_ingest, store, m, ingested) for m in modules]
+        module_jobs = [pool.submit(_ingest, store, m, ingested, eager) for m in modules]
         build = _index_fit(name, path, inputs, store, fits)
         try:
             module_blobs = tuple(job.result() for job in module_jobs)
@@ -328,8 +332,8 @@ def _index(
     return build
 
 
-def _ingest(store: Store, path: Path, then: Callable[[Blob], object] | None) -> Blob:
-    blob = store.ingest(path)
+def _ingest(store: Store, path: Path, then: Callable[[Blob], object] | None, eager: bool) -> Blob:
+    blob = store.ingest(path, eager=eager)
     if then is not None:
         then(blob)
     return blob

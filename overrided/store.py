@@ -422,7 +422,7 @@ class Store:
         tmp.write_bytes(data)
         return self.adopt(tmp)
 
-    def ingest(self, source: Path, *, here: bool = False) -> Blob:
+    def ingest(self, source: Path, *, here: bool = False, eager: bool = False) -> Blob:
         """Make ``source`` an immutable blob: hashed once (``digests``), stored once per
         distinct content. A file whose content is stored already costs its hash only.
 
@@ -433,24 +433,29 @@ class Store:
         """
         with source.open("rb") as src:
             before = os.fstat(src.fileno())
-            digest = self.digests.of(source, here=here)
+            tmp: Path | None = None
+            if eager and not here and before.st_size >= _BIG_FILE and not self.digests.peek(source):
+                # A big file just written (``eager``): the hash process reads it while the
+                # kernel copies it, and the copy is dropped if its content is stored already.
+                self.digests.start(source)
+                tmp = self._copy(source, src.fileno(), before.st_size)
+            try:
+                digest = self.digests.of(source, here=here)
+            except BaseException:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+                raise
             existing = self.blob(digest)
             # A blob stored before is reused once its bytes were checked in this process
             # (then it is copied anew if they no longer match).
             if existing is not None and (digest in self._verified or self.verify(digest)):
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
                 self._dead_since.pop(digest, None)
                 return existing
-            tmp = self.temp_path()
-            try:
-                with tmp.open("r+b") as dst:
-                    clone_or_copy(src.fileno(), dst.fileno(), before.st_size)
-                after = os.stat(source)
-            except StoreError as err:
-                tmp.unlink(missing_ok=True)
-                raise StoreError(f"{source}: {err}; it is read again") from None
-            except OSError:
-                tmp.unlink(missing_ok=True)
-                raise
+            if tmp is None:
+                tmp = self._copy(source, src.fileno(), before.st_size)
+            after = os.stat(source)
         if _changed(before, after) or tmp.stat().st_size != before.st_size:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"{source}: changed while it was ingested; it is read again")
@@ -459,6 +464,20 @@ class Store:
         return blob
 
     put_file = ingest
+
+    def _copy(self, source: Path, src: int, size: int) -> Path:
+        """A temp file of the store holding ``size`` bytes of ``src`` (the file ``source``)."""
+        tmp = self.temp_path()
+        try:
+            with tmp.open("r+b") as dst:
+                clone_or_copy(src, dst.fileno(), size)
+        except StoreError as err:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"{source}: {err}; it is read again") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     # --- build manifests ----------------------------------------------------------------------
 

@@ -66,23 +66,28 @@ def test_ingest_stores_one_blob_per_distinct_content(tmp_path: Path) -> None:
         pytest.param(lambda p: os.truncate(p, 10), id="truncated"),
     ],
 )
+@pytest.mark.parametrize("eager", [False, True], ids=["hash-then-copy", "copy-while-hashing"])
 def test_a_file_changed_while_it_is_ingested_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], object]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[Path], object],
+    eager: bool,
 ) -> None:
     from overrided import store as store_mod
 
+    monkeypatch.setattr(store_mod, "_BIG_FILE", 0)  # every file takes the big files' path
     store = Store(tmp_path / "st")
     src = tmp_path / "image.fit"
     src.write_bytes(b"old bytes" * 100)
     real = store_mod.clone_or_copy
 
     def copy_while_make_writes(source: int, dst: int, size: int) -> None:
-        change(src)  # after the hash, before or during the copy
+        change(src)  # after (or, eager, while) the hash, before or during the copy
         real(source, dst, size)
 
     monkeypatch.setattr(store_mod, "clone_or_copy", copy_while_make_writes)
     with pytest.raises(StoreError) as refused:
-        store.ingest(src)
+        store.ingest(src, eager=eager)
     assert str(src) in str(refused.value)  # index_build shows it as "<build>: <message>"
     # Nothing stored under the old bytes' name, and no temporary file left behind.
     assert list(store.blobs.iterdir()) == []
@@ -91,6 +96,37 @@ def test_a_file_changed_while_it_is_ingested_is_refused(
     blob = store.ingest(src)  # read again once it is quiet: the new bytes, rightly named
     assert blob.path.read_bytes() == src.read_bytes()
     assert blob.digest == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def test_a_big_new_file_is_copied_while_it_is_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eager`` (a build just landed): the copy does not wait for the hash, and a copy whose
+    content the store holds already is dropped, leaving one blob and no temp file."""
+    from overrided import store as store_mod
+
+    monkeypatch.setattr(store_mod, "_BIG_FILE", 1024)
+    store = Store(tmp_path / "st")
+    copies: list[int] = []
+    real = store_mod.clone_or_copy
+
+    def counted(source: int, dst: int, size: int) -> None:
+        copies.append(size)
+        real(source, dst, size)
+
+    monkeypatch.setattr(store_mod, "clone_or_copy", counted)
+    one, two = tmp_path / "one" / "modules.cpio", tmp_path / "two" / "modules.cpio"
+    for path in (one, two):
+        path.parent.mkdir()
+        path.write_bytes(b"module bytes" * 1000)
+    a = store.ingest(one, eager=True)
+    assert a.path.read_bytes() == one.read_bytes()
+    assert a.digest == hashlib.sha256(one.read_bytes()).hexdigest()
+    b = store.ingest(two, eager=True)  # same bytes, another build: copied, then dropped
+    assert b == a and len(copies) == 2
+    assert store.ingest(one, eager=True) == a and len(copies) == 2  # digest known: no copy
+    assert [p.name for p in store.blobs.iterdir()] == [a.digest]
+    assert list(store.tmp.iterdir()) == []
 
 
 def test_a_blob_is_a_view_and_ranges_of_it_are_pieces(tmp_path: Path) -> None:
