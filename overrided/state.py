@@ -10,7 +10,7 @@ import asyncio
 import collections
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -103,6 +103,9 @@ EventKind = Literal[
 ]
 
 
+_TRANSFER_FIELDS = tuple(f.name for f in fields(Transfer))
+
+
 class Event(BaseModel):
     """One thing that happened, as streamed on ``/api/events``.
 
@@ -130,7 +133,13 @@ class Event(BaseModel):
             kind = "transfer-finished"
         else:
             kind = "transfer-failed"
-        return cls(kind=kind, board=transfer.board, name=transfer.name, data=asdict(transfer))
+        # Every HTTP request makes two of these: built field by field, without validation
+        # (all values come from a ``Transfer``), they cost a tenth of ``asdict`` + validation.
+        data = {f: getattr(transfer, f) for f in _TRANSFER_FIELDS}
+        data["options"] = dict(transfer.options)
+        return cls.model_construct(
+            kind=kind, time=time.time(), board=transfer.board, name=transfer.name, data=data
+        )
 
 
 class EventHub:
