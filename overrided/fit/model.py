@@ -36,6 +36,8 @@ HEADER = struct.Struct(">10I")
 # How deep the node walk goes before refusing a blob: a FIT is 3 levels deep (/images/<unit>/
 # hash-1) and board DTBs rarely reach 10; 64 keeps the recursive walk far from Python's limit.
 MAX_DEPTH = 64
+TAG = struct.Struct(">I")
+FDT_FIRST_VERSION = 16  # the oldest structure layout read here (values 4-byte aligned)
 PROP_HEADER = struct.Struct(">III")  # FDT_PROP, value length, name offset in the strings block
 RSV_ENTRY = struct.Struct(">QQ")  # §5.3: address and size of one reserved memory region
 
@@ -440,43 +442,69 @@ class Fit:
 
 
 def _index(buf: Buffer, hdr: Header, where: str) -> tuple[dict[str, NodeRecord], bytes]:
-    """Walk the tree once with pylibfdt and record where every node and property lies."""
+    """Walk the structure block once and record where every node and property lies.
+
+    The header is checked by libfdt (``fdt_check_header`` reads the 40 header bytes only); the
+    tags are read here, each checked to lie inside the structure block. Going through pylibfdt's
+    node and property calls would first copy the whole blob (60 MB for a distribution kernel's
+    FIT: most of a parse's time) and cost a call per tag.
+    """
     struct_end = hdr.off_dt_struct + hdr.size_dt_struct
     strings_end = hdr.off_dt_strings + hdr.size_dt_strings
     if max(struct_end, strings_end) > hdr.totalsize:
         raise FitError(f"{where}: malformed FDT: struct or strings block ends past totalsize")
+    try:
+        libfdt.check_err(libfdt.fdt_check_header(bytearray(buf[: HEADER.size])))
+    except libfdt.FdtException as err:
+        raise FitError(f"{where}: malformed FDT: {err}") from None
+    if hdr.version < FDT_FIRST_VERSION:
+        # Before version 16, values of 8 bytes or more were 8-byte aligned: no FIT is that old.
+        raise FitError(f"{where}: malformed FDT: version {hdr.version}, want 16 or later")
     strings = bytes(buf[hdr.off_dt_strings : strings_end])
-    try:
-        # pylibfdt copies the blob; this happens once per file.
-        fdt = libfdt.FdtRo(memoryview(buf)[: hdr.totalsize])
-    except libfdt.FdtException as err:
-        raise FitError(f"{where}: malformed FDT: {err}") from None
-    walker = _Walker(buf, fdt, hdr.off_dt_struct, struct_end, strings, where)
-    try:
-        walker.walk(0, "/", 0)
-    except libfdt.FdtException as err:
-        raise FitError(f"{where}: malformed FDT: {err}") from None
-    except struct.error:
-        raise FitError(f"{where}: truncated: structure block ends early") from None
+    walker = _Walker(buf, hdr.off_dt_struct, struct_end, strings, where)
+    walker.walk()
     return walker.nodes, strings
 
 
 class _Walker:
-    """One walk of a structure block. (A class rather than a recursive closure: a closure that
-    calls itself is a reference cycle, which kept pylibfdt's copy of the blob, tens of MB,
-    alive until the next cyclic garbage collection.)"""
+    """One walk of a structure block (Devicetree specification, 5.4): a node is FDT_BEGIN_NODE
+    and its name, its properties, its subnodes, FDT_END_NODE; FDT_NOPs may lie between any of
+    them, and FDT_END follows the root."""
 
-    def __init__(
-        self, buf: Buffer, fdt: libfdt.FdtRo, base: int, struct_end: int, strings: bytes, where: str
-    ) -> None:
+    def __init__(self, buf: Buffer, base: int, struct_end: int, strings: bytes, where: str) -> None:
         self.buf = buf
-        self.fdt = fdt
         self.base = base
         self.struct_end = struct_end
         self.strings = strings
         self.where = where
         self.names: dict[int, str] = {}
         self.nodes: dict[str, NodeRecord] = {}
+
+    def tag(self, pos: int) -> int:
+        """The tag at ``pos`` (``FitError`` past the structure block's end)."""
+        if pos + 4 > self.struct_end:
+            raise FitError(f"{self.where}: truncated: structure block ends early")
+        tag: int = TAG.unpack_from(self.buf, pos)[0]
+        return tag
+
+    def after_nops(self, pos: int) -> tuple[int, int]:
+        """The first tag at or after ``pos`` that is not FDT_NOP, and where it is."""
+        tag = self.tag(pos)
+        while tag == FDT_NOP:
+            pos += 4
+            tag = self.tag(pos)
+        return tag, pos
+
+    def walk(self) -> None:
+        tag, pos = self.after_nops(self.base)
+        if tag != FDT_BEGIN_NODE:
+            raise FitError(f"{self.where}: malformed FDT: no root node at {pos:#x}")
+        root = self.node(pos, "/", 0)
+        tag, pos = self.after_nops(root.end)
+        if tag != FDT_END:
+            raise FitError(
+                f"{self.where}: malformed FDT: tag {tag:#x} after the root node at {pos:#x}"
+            )
 
     def prop_name(self, nameoff: int) -> str:
         if nameoff not in self.names:
@@ -507,15 +535,9 @@ class _Walker:
             raise FitError(f"{self.where}: malformed FDT: {at} is {shown}")
         return name
 
-    def walk(self, offset: int, path: str, depth: int) -> NodeRecord:
-        buf, fdt, base, struct_end, where = (
-            self.buf,
-            self.fdt,
-            self.base,
-            self.struct_end,
-            self.where,
-        )
-        begin = base + offset
+    def node(self, begin: int, path: str, depth: int) -> NodeRecord:
+        """Index the node whose FDT_BEGIN_NODE is at file offset ``begin``, and its subtree."""
+        buf, struct_end, where = self.buf, self.struct_end, self.where
         if depth > MAX_DEPTH:
             # A FIT is 3 levels deep; this bound keeps the recursion far from Python's limit.
             raise FitError(
@@ -530,32 +552,33 @@ class _Walker:
         name = path.rsplit("/", 1)[1]
         body = align4(name_end + 1)
         rec = NodeRecord(path=path, name=name, begin=begin, body=body, end=0)
-        pos = body
-        p = fdt.first_property_offset(offset, quiet=(libfdt.NOTFOUND,))
-        while p >= 0:
-            _, length, nameoff = PROP_HEADER.unpack_from(buf, base + p)
-            prop = PropRecord(self.prop_name(nameoff), nameoff, base + p, length)
+        tag, pos = self.after_nops(body)
+        while tag == FDT_PROP:
+            if pos + PROP_HEADER.size > struct_end:
+                raise FitError(f"{where}: truncated: structure block ends early")
+            _, length, nameoff = PROP_HEADER.unpack_from(buf, pos)
+            prop = PropRecord(self.prop_name(nameoff), nameoff, pos, length)
+            if prop.value_offset + length > struct_end:
+                raise FitError(
+                    f"{where}: malformed FDT: {path}/{prop.name}: {length} bytes at "
+                    f"{prop.value_offset:#x} run past the structure block ({struct_end:#x})"
+                )
             rec.props.setdefault(prop.name, prop)
-            pos = prop.end
-            p = fdt.next_property_offset(p, quiet=(libfdt.NOTFOUND,))
-        child = fdt.first_subnode(offset, quiet=(libfdt.NOTFOUND,))
-        while child >= 0:
-            sub = self.walk(child, self.child_path(path, child), depth + 1)
+            tag, pos = self.after_nops(prop.end)
+        while tag == FDT_BEGIN_NODE:
+            sub = self.node(pos, self.child_path(path, pos), depth + 1)
             rec.children.append(sub.name)
-            pos = sub.end
-            child = fdt.next_subnode(child, quiet=(libfdt.NOTFOUND,))
-        while pos + 4 <= struct_end and struct.unpack_from(">I", buf, pos)[0] == FDT_NOP:
-            pos += 4
-        if pos + 4 > struct_end or struct.unpack_from(">I", buf, pos)[0] != FDT_END_NODE:
+            tag, pos = self.after_nops(sub.end)
+        if tag != FDT_END_NODE:
             raise FitError(f"{where}: malformed FDT: {path} does not end at {pos:#x}")
         rec.end = pos + 4
         self.nodes[path] = rec
         return rec
 
-    def child_path(self, parent: str, child: int) -> str:
-        """The path of the subnode at struct offset `child`, from its checked name; a second
-        sibling of the same name is refused (libfdt and the bootloaders see only the first)."""
-        begin = self.base + child
+    def child_path(self, parent: str, begin: int) -> str:
+        """The path of the subnode whose FDT_BEGIN_NODE is at file offset `begin`, from its
+        checked name; a second sibling of the same name is refused (libfdt and the bootloaders
+        see only the first)."""
         name_end = self.buf.find(b"\0", begin + 4, self.struct_end)
         if name_end < 0:
             raise FitError(f"{self.where}: malformed FDT: unterminated node name at {begin:#x}")
