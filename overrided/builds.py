@@ -322,7 +322,7 @@ def _index(
     # ingested and parsed here: the copies run in the kernel, without the GIL.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-{name}") as pool:
         module_jobs = [pool.submit(_ingest, store, m, ingested, eager) for m in modules]
-        build = _index_fit(name, path, inputs, store, fits)
+        build = _index_fit(name, path, inputs, store, fits, eager=eager)
         try:
             module_blobs = tuple(job.result() for job in module_jobs)
         except StoreError as err:
@@ -339,7 +339,9 @@ def _ingest(store: Store, path: Path, then: Callable[[Blob], object] | None, eag
     return blob
 
 
-def _index_fit(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache | None) -> Build:
+def _index_fit(
+    name: str, path: Path, inputs: Inputs, store: Store, fits: FitCache | None, *, eager: bool
+) -> Build:
     """The build as its FIT (or ``Image`` and DTBs) makes it: ingested, parsed; no modules."""
     from overrided.kernel import release_of_image
 
@@ -357,7 +359,7 @@ def _index_fit(name: str, path: Path, inputs: Inputs, store: Store, fits: FitCac
             assert inputs.fit is not None
             fit = inputs.fit
             # Hashed here, beside the hash process's modules: both read at once.
-            fit_blob = store.ingest(fit, here=True)
+            fit_blob = store.ingest(fit, here=True, eager=eager)
     except StoreError as err:
         raise BuildError(f"{name}: {err}") from None
     if fit_blob is None:

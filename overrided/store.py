@@ -434,17 +434,13 @@ class Store:
         with source.open("rb") as src:
             before = os.fstat(src.fileno())
             tmp: Path | None = None
-            if eager and not here and before.st_size >= _BIG_FILE and not self.digests.peek(source):
-                # A big file just written (``eager``): the hash process reads it while the
-                # kernel copies it, and the copy is dropped if its content is stored already.
-                self.digests.start(source)
-                tmp = self._copy(source, src.fileno(), before.st_size)
-            try:
+            if eager and before.st_size >= _BIG_FILE and not self.digests.peek(source):
+                # A big file just written (``eager``): it is hashed (by the hash process, or
+                # ``here``) while the kernel copies it, and the copy is dropped if its content
+                # is stored already.
+                tmp, digest = self._copy_while_hashing(source, src.fileno(), before.st_size, here)
+            else:
                 digest = self.digests.of(source, here=here)
-            except BaseException:
-                if tmp is not None:
-                    tmp.unlink(missing_ok=True)
-                raise
             existing = self.blob(digest)
             # A blob stored before is reused once its bytes were checked in this process
             # (then it is copied anew if they no longer match).
@@ -464,6 +460,30 @@ class Store:
         return blob
 
     put_file = ingest
+
+    def _copy_while_hashing(
+        self, source: Path, src: int, size: int, here: bool
+    ) -> tuple[Path, str]:
+        """A temp copy of ``source`` and its digest, computed side by side: the hash process
+        hashes while this thread copies, or (``here``) this thread hashes while another copies
+        (both release the GIL)."""
+        if here:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy") as pool:
+                copying = pool.submit(self._copy, source, src, size)
+                try:
+                    digest = self.digests.of(source, here=True)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        copying.result().unlink(missing_ok=True)
+                    raise
+                return copying.result(), digest
+        self.digests.start(source)
+        tmp = self._copy(source, src, size)
+        try:
+            return tmp, self.digests.of(source)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _copy(self, source: Path, src: int, size: int) -> Path:
         """A temp file of the store holding ``size`` bytes of ``src`` (the file ``source``)."""

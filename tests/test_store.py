@@ -66,12 +66,17 @@ def test_ingest_stores_one_blob_per_distinct_content(tmp_path: Path) -> None:
         pytest.param(lambda p: os.truncate(p, 10), id="truncated"),
     ],
 )
-@pytest.mark.parametrize("eager", [False, True], ids=["hash-then-copy", "copy-while-hashing"])
+@pytest.mark.parametrize(
+    ("eager", "here"),
+    [(False, False), (True, False), (True, True)],
+    ids=["hash-then-copy", "copy-while-the-hash-process-hashes", "copy-while-hashing-here"],
+)
 def test_a_file_changed_while_it_is_ingested_is_refused(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     change: Callable[[Path], object],
     eager: bool,
+    here: bool,
 ) -> None:
     from overrided import store as store_mod
 
@@ -87,7 +92,7 @@ def test_a_file_changed_while_it_is_ingested_is_refused(
 
     monkeypatch.setattr(store_mod, "clone_or_copy", copy_while_make_writes)
     with pytest.raises(StoreError) as refused:
-        store.ingest(src, eager=eager)
+        store.ingest(src, eager=eager, here=here)
     assert str(src) in str(refused.value)  # index_build shows it as "<build>: <message>"
     # Nothing stored under the old bytes' name, and no temporary file left behind.
     assert list(store.blobs.iterdir()) == []
@@ -98,8 +103,9 @@ def test_a_file_changed_while_it_is_ingested_is_refused(
     assert blob.digest == hashlib.sha256(src.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("here", [False, True], ids=["hash-process", "here"])
 def test_a_big_new_file_is_copied_while_it_is_hashed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, here: bool
 ) -> None:
     """``eager`` (a build just landed): the copy does not wait for the hash, and a copy whose
     content the store holds already is dropped, leaving one blob and no temp file."""
@@ -119,12 +125,14 @@ def test_a_big_new_file_is_copied_while_it_is_hashed(
     for path in (one, two):
         path.parent.mkdir()
         path.write_bytes(b"module bytes" * 1000)
-    a = store.ingest(one, eager=True)
+    a = store.ingest(one, eager=True, here=here)
     assert a.path.read_bytes() == one.read_bytes()
     assert a.digest == hashlib.sha256(one.read_bytes()).hexdigest()
-    b = store.ingest(two, eager=True)  # same bytes, another build: copied, then dropped
+    b = store.ingest(two, eager=True, here=here)  # same bytes, another build: copied, then dropped
     assert b == a and len(copies) == 2
-    assert store.ingest(one, eager=True) == a and len(copies) == 2  # digest known: no copy
+    assert (
+        store.ingest(one, eager=True, here=here) == a and len(copies) == 2
+    )  # digest known: no copy
     assert [p.name for p in store.blobs.iterdir()] == [a.digest]
     assert list(store.tmp.iterdir()) == []
 
