@@ -16,13 +16,15 @@ dot-folder of the builds folder, which is then renamed to the build's name (the 
 dot-folders, so it sees the build whole). The clock starts when that rename returns and stops
 when, for every board, the script fetched over HTTP names the build and the FIT and initrd it
 names (``devboot_image``, ``devboot_initrd``) answer a HEAD with 200: the time the last board
-was seen so. Only the last board is polled until it is served, then all are swept (aiohttp, 32
-connections), pausing 10 ms between sweeps (up to 250 ms while nothing changes): the clock is
-late by at most a pause and a sweep, whose duration the table shows beside the time the last
-board alone was seen served. Then a sample of boards (the first five and the last) is fetched
-with real TFTP clients: the script with tftp-hpa's ``tftp``, the FIT and the initrd with curl
-(large blocks); the FIT must pass ``dumpimage -l``, the initrd must start with a newc header and
-hold at least the modules CPIO, and both must be as long as over HTTP.
+was seen so. Only the last board is polled until it is served (aiohttp), then all are swept
+by curl (``--parallel``, 16 connections: the scripts, then one HEAD per distinct name they
+give, since boards share their initrd), pausing 10 ms between sweeps (up to 250 ms while
+nothing changes). Every board a sweep finds served counts as served when that sweep ends, so
+the clock is late by at most a pause and a sweep, whose duration the table shows beside the
+time the last board alone was seen served. Then a sample of boards (the first five and the
+last) is fetched with real TFTP clients: the script with tftp-hpa's ``tftp``, the FIT and the
+initrd with curl (large blocks); the FIT must pass ``dumpimage -l``, the initrd must start with
+a newc header and hold at least the modules CPIO, and both must be as long as over HTTP.
 
 Also recorded: how much the store grew (allocated blocks of its files, each inode once and not
 counting inodes it shares with the build folder, so hardlinks count right; a reflinked extent
@@ -356,22 +358,80 @@ class Sweeps:
     sweep: float  # seconds the last sweep over the boards took
 
 
+def curl_batch(urls: Sequence[str], bodies: Path | None = None) -> dict[str, tuple[int, int, str]]:
+    """Ask for ``urls`` with one ``curl --parallel`` (16 connections, kept alive): a GET each,
+    its body kept in the folder ``bodies``, or a HEAD each when ``bodies`` is None. For each
+    URL: its status, Content-Length (-1 when absent) and body ("" for a HEAD)."""
+    config = []
+    outputs = {}
+    for i, url in enumerate(urls):
+        out = Path(os.devnull) if bodies is None else bodies / f"{i}.out"
+        outputs[url] = out
+        config.append(f'url = "{url}"\noutput = "{out}"\n')
+    fmt = "%{url_effective} %{http_code} %header{content-length}\\n"
+    cmd = ["curl", "-s", "--parallel", "--parallel-max", "16", "-w", fmt, "-K", "-"]
+    if bodies is None:
+        cmd.insert(1, "--head")
+    r = subprocess.run(cmd, input="".join(config), capture_output=True, text=True, check=False)
+    found: dict[str, tuple[int, int, str]] = {}
+    for line in r.stdout.splitlines():
+        url, status, *length = line.split(" ")
+        if url in outputs:
+            out = outputs[url]
+            body = out.read_text() if bodies is not None and out.exists() else ""
+            size = int(length[0]) if length and length[0].isdigit() else -1
+            found[url] = (int(status) if status.isdigit() else 0, size, body)
+    return found
+
+
+def sweep(base: str, boards: Sequence[BoardRef], build: str, work: Path) -> dict[str, Seen]:
+    """Every board of ``boards`` served now, checked over HTTP with curl: its script (GET)
+    names ``build``, and the FIT and initrd it names answer a HEAD with 200 and a length.
+    A name many boards share (their common initrd) is asked for once. The time every board
+    found served is given is the end of the sweep: an upper bound for each of them."""
+    # The scripts' bodies go to memory (tmpfs where there is one): creating hundreds of files
+    # on a disk busy writing back the build just landed takes longer than the requests.
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else work) as tmp:
+        scripts = curl_batch([f"{base}/{b.script}" for b in boards], Path(tmp))
+    named: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for board in boards:
+        status, _, text = scripts.get(f"{base}/{board.script}", (0, -1, ""))
+        if status == 200 and names_build(text, build):
+            image, initrd = script_names(text)
+            if image and initrd:
+                named[board.script] = (image, initrd)
+    names = sorted({n for image, initrd in named.values() for n in (image, *initrd)})
+    heads = curl_batch([f"{base}/{n}" for n in names])
+    at = time.perf_counter()
+    seen = {}
+    for script, (image, initrd) in named.items():
+        sizes = [heads.get(f"{base}/{n}", (0, -1, ""))[:2] for n in (image, *initrd)]
+        if all(status == 200 and size > 0 for status, size in sizes):
+            seen[script] = Seen(at, image, initrd, tuple(size for _, size in sizes))
+    return seen
+
+
 async def wait_served(
-    srv: Served, boards: Sequence[BoardRef], build: str, deadline: float, memory: Memory
+    srv: Served,
+    boards: Sequence[BoardRef],
+    build: str,
+    deadline: float,
+    memory: Memory,
+    work: Path,
 ) -> Sweeps:
     """Sweep the boards not yet served until all are or ``deadline`` passes.
 
-    Until the last board is served only it is polled, so that hundreds of requests per sweep
-    do not slow down the service being measured; then every board is swept.
+    Until the last board is served only it is polled (aiohttp), so that hundreds of requests
+    per sweep do not slow down the service being measured; then every board is swept (curl).
     """
     seen: dict[str, Seen] = {}
     pending = list(boards)
     pause = 0.01
-    sweep = 0.0
+    took = 0.0
     gate = None
-    connector = aiohttp.TCPConnector(limit=32)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         while time.perf_counter() < deadline:
             alive(srv)
             memory.sample()
@@ -380,28 +440,22 @@ async def wait_served(
                 gate = first.at
                 break
             await asyncio.sleep(0.01)
-        while pending:
-            alive(srv)
-            start = time.perf_counter()
-            found = await asyncio.gather(
-                *(check(session, srv.http_base, b, build) for b in pending)
-            )
-            sweep = time.perf_counter() - start
-            memory.sample()
-            left = []
-            for board, s in zip(pending, found, strict=True):
-                if s is None:
-                    left.append(board)
-                else:
-                    seen[board.script] = s
-            progressed = len(left) < len(pending)
-            pending = left
-            if not pending or time.perf_counter() >= deadline:
-                break
-            # Back off while nothing changes, so polling does not load the service it measures.
-            pause = 0.01 if progressed else min(pause * 2, 0.25)
-            await asyncio.sleep(pause)
-    return Sweeps(seen, gate, sweep)
+    while pending:
+        alive(srv)
+        start = time.perf_counter()
+        found = sweep(srv.http_base, pending, build, work)
+        took = time.perf_counter() - start
+        memory.sample()
+        seen.update(found)
+        left = [b for b in pending if b.script not in found]
+        progressed = len(left) < len(pending)
+        pending = left
+        if not pending or time.perf_counter() >= deadline:
+            break
+        # Back off while nothing changes, so polling does not load the service it measures.
+        pause = 0.01 if progressed else min(pause * 2, 0.25)
+        await asyncio.sleep(pause)
+    return Sweeps(seen, gate, took)
 
 
 def alive(srv: Served) -> None:
@@ -478,7 +532,7 @@ def one_run(inputs: Inputs, count: int, run: int, timeout: float) -> Result:
             before = allocated(srv.store)
             cpu0 = cpu_seconds(srv.proc.pid)
             t0 = land(inputs, srv.builds, build)
-            sweeps = asyncio.run(wait_served(srv, boards, build, t0 + timeout, memory))
+            sweeps = asyncio.run(wait_served(srv, boards, build, t0 + timeout, memory, work))
             seen = sweeps.seen
             cpu = cpu_seconds(srv.proc.pid) - cpu0
             growth = allocated(srv.store, inodes(srv.builds)) - before
