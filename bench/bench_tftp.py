@@ -1,10 +1,13 @@
 """overrided's TFTP server against tftpd-hpa, in one run, in a network namespace of its own.
 
-    sudo .venv/bin/python bench/bench_tftp.py [--runs 3] [--size-mib 64]
+    sudo .venv/bin/python bench/bench_tftp.py [--runs 3] [--size-mib 64] [--probes 200]
+    sudo .venv/bin/python bench/bench_tftp.py --quick    # 1 MiB, 1 run, 20 probes: the tests
 
 Both servers serve the same folder inside a fresh namespace (only ``lo``), so nothing else on
 the host shares their link. Runs alternate between the servers so load from elsewhere hits
-both alike; each figure is the median of ``--runs``.
+both alike; each figure is the median of ``--runs``. ``--quick`` is the same bench, every row,
+on a 1 MiB file with one run per figure and 20 probes (about ten seconds), for the test suite.
+It needs root (``ip netns``), as tftpd-hpa does.
 
 - window 1 (lockstep) at blksize 512/1432/1468/8192/65464, with curl and with our own client
   (bench/tftpget.c, built here with gcc: small per packet, and it can ask for a window), on
@@ -37,6 +40,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -71,9 +75,24 @@ def outer(argv: list[str]) -> int:
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         cmd = ["ip", "netns", "exec", name, sys.executable, __file__, "--inside", *argv]
-        return subprocess.run(cmd, cwd=REPO).returncode
+        return run_inside(cmd)
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def run_inside(cmd: list[str]) -> int:
+    """Run ``cmd`` (this script, in the namespace) to its end; its exit status.
+
+    If this process is stopped meanwhile (SIGTERM unwinds it), the inside gets a SIGTERM too
+    and stops its servers before the namespace goes.
+    """
+    child = subprocess.Popen(cmd, cwd=REPO)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            child.wait(60)
 
 
 def curl_fetch(port: int, name: str, blksize: int, size: int) -> float:
@@ -312,25 +331,31 @@ def inside(args: argparse.Namespace) -> int:
 def main() -> int:
     """Parse arguments; re-run inside a namespace unless already there."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
-    parser.add_argument("--size-mib", type=int, default=64, help="size of the big file")
+    parser.add_argument("--runs", type=int, help="runs per figure, median (3; quick 1)")
+    parser.add_argument("--size-mib", type=int, help="size of the big file (64; quick 1)")
     parser.add_argument(
         "--clients", default="tftpget,curl", help="window-1 clients: tftpget, curl or both"
     )
-    parser.add_argument("--probes", type=int, default=200, help="first-answer probes per server")
+    parser.add_argument("--probes", type=int, help="first-answer probes per server (200; quick 20)")
     parser.add_argument(
         "--turnaround-ms",
         type=float,
         default=0.5,
         help="emulated board round trip for the last section (client waits before each ACK)",
     )
+    parser.add_argument("--quick", action="store_true", help="1 MiB, 1 run: for the test suite")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.inside:
         return outer(sys.argv[1:])
+    args.runs = args.runs if args.runs is not None else (1 if args.quick else 3)
+    args.size_mib = args.size_mib if args.size_mib is not None else (1 if args.quick else 64)
+    args.probes = args.probes if args.probes is not None else (20 if args.quick else 200)
     args.clients = [c for c in args.clients.split(",") if c]
     return inside(args)
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C: the servers stop and the namespace is deleted on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

@@ -4,6 +4,8 @@ Each must exit 0 and print its closing lines (``ratio_vs_<peer>=`` and the like)
 asserts on a time or a ratio: the figures of a quick run on a loaded CI machine mean nothing.
 The quick modes build small inputs with mkimage/dtc and the ``overrided`` commands, start the
 real ``overrided serve`` (and tftpd-hpa) on 127.0.0.1 and fetch with tftp-hpa and curl.
+bench_tftp.py runs its servers in a network namespace of its own (``ip netns``, as root, as
+soak.py needs too).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ QUICK = {
     "bench_scale.py": ("store_growth_ratio", "peak_rss_mb", "ratio_vs_cp"),
     "bench_latency.py": ("ratio_vs_tftpd_hpa",),
     "soak.py": ("completion", "ratio_vs_tftpd_hpa"),
+    "bench_tftp.py": ("ratio_vs_tftpd_hpa",),
+    "bench_fit.py": ("ratio_vs_naive",),
+    "bench_initrd.py": ("ratio_vs_cat",),
+    "bench_sign.py": ("ratio_vs_mkimage",),
 }
 
 
