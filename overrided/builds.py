@@ -230,6 +230,11 @@ def _fit_still_growing(fit: Path | None) -> bool:
     return size < int.from_bytes(head[4:8], "big")
 
 
+# Told that a build's FIT is parsed while its modules CPIOs are still being stored: the build
+# as its FIT makes it, and whether the modules are stored now (to stop work that fills the wait).
+FitReady = Callable[[Build, Callable[[], bool]], None]
+
+
 def index_build(
     path: Path,
     store: Store,
@@ -239,11 +244,15 @@ def index_build(
     hash_modules: bool = False,
     previous: Build | None = None,
     ingested: Callable[[Blob], object] | None = None,
+    fit_ready: FitReady | None = None,
 ) -> Build:
     """Index one build folder; problems become ``Build.error``, never exceptions.
 
     ``ingested`` is called with each modules CPIO's blob as soon as it is stored, on the
-    thread that stored it (the renders that follow read its members).
+    thread that stored it (the renders that follow read its members). ``fit_ready`` is called
+    on this thread with the build as its FIT makes it (no modules yet) once the FIT is parsed
+    and checked, while the modules CPIOs may still be hashed and copied, and with a function
+    that says whether they are done (``FitReady``).
 
     ``previous`` (the folder's last usable index) is returned as it is when no input file was
     added, removed or changed since (``store.fingerprint``): the watcher reports a build again
@@ -297,7 +306,9 @@ def index_build(
             and all(store.blob(d) is not None for d in previous.blobs().values())
         ):
             return previous
-        built = _index(name, path, inputs, store, fits, ingested, eager=hash_modules)
+        built = _index(
+            name, path, inputs, store, fits, ingested, eager=hash_modules, fit_ready=fit_ready
+        )
         return dataclasses.replace(built, stamp=stamp)
     except OverridedError as err:
         return Build(name=name, path=path, error=str(err))
@@ -314,6 +325,7 @@ def _index(
     ingested: Callable[[Blob], object] | None = None,
     *,
     eager: bool = False,
+    fit_ready: FitReady | None = None,
 ) -> Build:
     if inputs.fit is None and inputs.kernel is None:
         raise BuildError(f"{name}: no image.fit and no Image/Image.gz/zImage found")
@@ -323,6 +335,8 @@ def _index(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-{name}") as pool:
         module_jobs = [pool.submit(_ingest, store, m, ingested, eager) for m in modules]
         build = _index_fit(name, path, inputs, store, fits, eager=eager)
+        if fit_ready is not None and module_jobs:
+            fit_ready(build, lambda: all(job.done() for job in module_jobs))
         try:
             module_blobs = tuple(job.result() for job in module_jobs)
         except StoreError as err:

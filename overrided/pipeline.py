@@ -16,10 +16,11 @@ versioned names that left it for the grace period.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -27,13 +28,20 @@ from types import MappingProxyType
 from pydantic import ValidationError
 
 from overrided import builds as builds_mod
-from overrided.builds import Build, index_build
+from overrided.builds import Build, FitReady, index_build
 from overrided.catalog import Catalog, Group
 from overrided.clients.barebox import default_hostname, script_name, stable_names
 from overrided.config import Board, display_path, load_boards
 from overrided.discovery import build_folders
 from overrided.errors import OverridedError
-from overrided.render import Render, RenderContext, RenderMemo, pick_build, render_board
+from overrided.render import (
+    Render,
+    RenderContext,
+    RenderMemo,
+    pick_build,
+    render_board,
+    warm,
+)
 from overrided.served import Entry
 from overrided.state import BoardInfo, Event
 from overrided.store import Store
@@ -131,9 +139,6 @@ def refresh(previous: Snapshot, changes: Changes, env: Env, *, hostnames: bool =
     a step of its own: board files are then served without waiting for hundreds of them.
     """
     events: list[Event] = []
-    t0 = time.monotonic()
-    builds, rejected, writing = _index(previous, changes, env, events)
-    t_index = time.monotonic() - t0
     if changes.boards:
         boards, board_errors = load_boards(env.boards_dir)
         boards_t = tuple(boards)
@@ -147,6 +152,9 @@ def refresh(previous: Snapshot, changes: Changes, env: Env, *, hostnames: bool =
         )
     else:
         boards_t, board_errors = previous.boards, dict(previous.board_errors)
+    t0 = time.monotonic()
+    builds, rejected, writing = _index(previous, changes, env, events, _warmer(boards_t, env))
+    t_index = time.monotonic() - t0
     users = set(previous.users) | set(changes.users)
     if len(users) > MAX_USERS:
         users = {DEFAULT_USER, *sorted(changes.users)[: MAX_USERS - 1]}
@@ -251,8 +259,35 @@ def _group(board: str, r: Render) -> Group:
 # --- index ------------------------------------------------------------------------------------
 
 
+def _warmer(boards: tuple[Board, ...], env: Env) -> FitReady:
+    """While a new build's modules CPIOs are hashed and copied (a few tenths of a second on
+    another core), make the FIT trims its renders will take: the board files' first, then
+    every configuration's (hostname-only boards), until the modules are stored."""
+
+    def warm_up(build: Build, done: Callable[[], bool]) -> None:
+        for board in boards:
+            if done():
+                return
+            if board.build in (None, build.name):
+                warm(board, build, env.ctx)
+        if build.kernel_only:
+            return
+        parts = env.ctx.parts_of(build)
+        for conf in build.configurations:
+            if done():
+                return
+            with contextlib.suppress(OverridedError, OSError):
+                parts.trimmed(conf.name)
+
+    return warm_up
+
+
 def _index(
-    previous: Snapshot, changes: Changes, env: Env, events: list[Event]
+    previous: Snapshot,
+    changes: Changes,
+    env: Env,
+    events: list[Event],
+    fit_ready: FitReady | None = None,
 ) -> tuple[dict[str, Build], dict[str, Build], dict[str, tuple[Path, ...]]]:
     builds = dict(previous.builds)
     rejected = dict(previous.rejected)
@@ -260,7 +295,9 @@ def _index(
     folders = {p.name: p for p in build_folders(env.builds_dir)}
     names = set(folders) | set(builds) if changes.builds is None else set(changes.builds)
     for name in sorted(names):
-        _index_one(name, folders.get(name), builds, rejected, writing, env, events, changes)
+        _index_one(
+            name, folders.get(name), builds, rejected, writing, env, events, changes, fit_ready
+        )
     return builds, rejected, writing
 
 
@@ -273,6 +310,7 @@ def _index_one(
     env: Env,
     events: list[Event],
     changes: Changes,
+    fit_ready: FitReady | None = None,
 ) -> None:
     t0 = time.monotonic()
     previous = builds.get(name)
@@ -295,6 +333,8 @@ def _index_one(
         previous=previous,
         fits=env.ctx.fits,  # the renders that follow use this parse
         ingested=env.ctx.inspect_soon,  # their members are read while the FIT is parsed
+        # A build that just landed: its trims are made while its modules are stored.
+        fit_ready=fit_ready if changes.builds is not None else None,
     )
     duration = time.monotonic() - t0
     if build.writing:

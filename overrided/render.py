@@ -381,6 +381,23 @@ def _named(warnings: list[str], blobs: Sequence[Blob], build: Build, board: Boar
     return out
 
 
+def warm(board: Board, build: Build, ctx: RenderContext) -> None:
+    """Make the FIT trim that ``board`` takes from ``build`` (kept in the build's parts), so
+    that its render finds it made. Problems are left for the render to report."""
+    from overrided.fit import match
+
+    if build.kernel_only or board.sign:
+        return
+    try:
+        parts = ctx.parts_of(build)
+        config = match(parts.fit, board.compatible, board.rule).config
+        config = config or kernel_alone(board, parts.fit)
+        if config is not None:
+            parts.trimmed(config)
+    except (OverridedError, OSError):
+        pass
+
+
 def render_board(board: Board, builds: Sequence[Build], ctx: RenderContext) -> Render:
     """Resolve and render ``board`` into views; ``RenderError`` (or another ``OverridedError``)
     says why not."""

@@ -10,6 +10,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -406,3 +407,73 @@ def test_trimmed_fit_holds_only_the_match(setup: tuple[Build, RenderContext]) ->
         assert list(fit.configurations) == ["conf-c"]
         assert fit.default == "conf-c"
         assert all(img.hashes for img in fit.images.values())  # sha256 hash-1 everywhere
+
+
+def test_a_landed_builds_trims_are_made_while_its_modules_are_stored(
+    tmp_path: Path, sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The modules CPIO's hash and copy take a few tenths of a second on another core: the
+    refresh makes every FIT trim meanwhile (the board files' first), and the renders that
+    follow take those trims instead of making them again."""
+    import threading
+
+    from overrided import builds as builds_mod
+    from overrided import pipeline
+    from overrided.pipeline import Changes, Env, Snapshot, refresh
+
+    folder = tmp_path / "kernel-builds" / "b1"
+    folder.mkdir(parents=True)
+    shutil.copy(sample, folder / "image.fit")
+    modules_cpio(folder / "modules-6.19.0-arm64.cpio", "6.19.0")
+    ctx = context(tmp_path)
+    ctx.boards_dir.mkdir()
+    (ctx.boards_dir / "a.toml").write_text('compatible = ["v,board-a"]\n')
+    stored = threading.Event()  # the modules CPIO is held until the warm-up has run
+    real_ingest = builds_mod._ingest
+
+    def slow_ingest(*args: object, **kwargs: object) -> object:
+        assert stored.wait(30)
+        return real_ingest(*args, **kwargs)  # type: ignore[arg-type]
+
+    seen: dict[str, object] = {}
+    real_warmer = pipeline._warmer
+
+    def warmer(boards: tuple[Board, ...], env: Env) -> builds_mod.FitReady:
+        warm_up = real_warmer(boards, env)
+
+        def recorded(build: Build, done: Callable[[], bool]) -> None:
+            seen["done before"] = done()
+            warm_up(build, done)
+            seen["modules"] = build.module_blobs
+            seen["trims"] = dict(env.ctx.parts_of(build)._trims)
+            stored.set()
+
+        return recorded
+
+    monkeypatch.setattr(builds_mod, "_ingest", slow_ingest)
+    monkeypatch.setattr(pipeline, "_warmer", warmer)
+    env = Env(folder.parent, ctx.boards_dir, ctx.store, ctx, grace=60.0)
+    snap = refresh(Snapshot(), Changes(frozenset({"b1"}), True), env).snapshot
+    build = snap.builds["b1"]
+    assert seen["done before"] is False and seen["modules"] == ()
+    trims = seen["trims"]
+    assert isinstance(trims, dict)
+    assert set(trims) == {c.name for c in build.configurations}
+    info = snap.infos["a"]
+    assert info.configuration and build.module_blobs
+    fit_view = snap.renders["a"].names[info.artifacts["fit"]]
+    assert fit_view is trims[info.configuration]  # the render took the trim made meanwhile
+
+
+def test_the_warm_up_stops_once_the_modules_are_stored(
+    setup: tuple[Build, RenderContext],
+) -> None:
+    from overrided.pipeline import Env, _warmer
+
+    build, ctx = setup
+    board = Board(name="a", compatible=["v,board-a"])
+    env = Env(build.path.parent, ctx.boards_dir, ctx.store, ctx, grace=60.0)
+    _warmer((board,), env)(build, lambda: True)
+    assert ctx.parts_of(build)._trims == {}
+    _warmer((board,), env)(build, lambda: False)
+    assert set(ctx.parts_of(build)._trims) == {c.name for c in build.configurations}
