@@ -138,7 +138,12 @@ class Event(BaseModel):
         data = {f: getattr(transfer, f) for f in _TRANSFER_FIELDS}
         data["options"] = dict(transfer.options)
         return cls.model_construct(
-            kind=kind, time=time.time(), board=transfer.board, name=transfer.name, data=data
+            kind=kind,
+            time=time.time(),
+            board=transfer.board,
+            build=None,
+            name=transfer.name,
+            data=data,
         )
 
 

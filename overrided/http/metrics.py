@@ -7,6 +7,7 @@ each app gets its own registry so two apps in one process never share counters.
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,6 +18,7 @@ from overrided.state import Event
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _NUMBER = re.compile(r"\d+")
 _FAILED = ("failed", "not-found", "refused", "aborted")
+_M = TypeVar("_M", Counter, Gauge)
 
 
 def reason_label(outcome: str, reason: str) -> str:
@@ -34,6 +36,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._open: set[tuple[object, ...]] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Counter | Gauge] = {}
         r = self.registry
         self.transfers = Counter(
             "overrided_transfers",
@@ -80,16 +83,16 @@ class Metrics:
             key = _transfer_key(data)
             if event.kind == "transfer-started":
                 self._open.add(key)
-                self.active.labels(protocol).inc()
+                self._child(self.active, protocol).inc()
                 return
             if event.kind == "transfer-progress":
                 return  # still running: counted once it ends
             outcome = str(data.get("outcome", "ok"))
             if key in self._open:  # refusals and misses end without having started
                 self._open.discard(key)
-                self.active.labels(protocol).dec()
-            self.transfers.labels(protocol, outcome).inc()
-            self.bytes.labels(protocol).inc(float(data.get("sent", 0) or 0))
+                self._child(self.active, protocol).dec()
+            self._child(self.transfers, protocol, outcome).inc()
+            self._child(self.bytes, protocol).inc(float(data.get("sent", 0) or 0))
             if outcome in _FAILED:
                 label = reason_label(outcome, str(data.get("reason", "")))
                 self.failures.labels(protocol, outcome, label).inc()
@@ -101,6 +104,15 @@ class Metrics:
             self.boards.labels("rendered" if event.kind == "board-rendered" else "failed").inc()
             if "duration" in data:
                 self.render.observe(float(data["duration"]))
+
+    def _child(self, metric: _M, *labels: str) -> _M:
+        """``metric.labels(*labels)``, remembered: two lookups per HTTP request otherwise cost
+        more than the counting."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]
 
     def exposition(self) -> bytes:
         """The current values in the Prometheus text format."""
