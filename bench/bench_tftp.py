@@ -54,8 +54,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(REPO))
 
 import cpustat  # noqa: E402
+
+from tests.support.netns import Netns  # noqa: E402
 
 HPA_PORT, OVD_PORT = 1069, 2069
 CLIENT = Path("tftpget")  # set by inside(): the built bench/tftpget.c
@@ -66,33 +69,12 @@ CLIENTS_AT_ONCE = 32
 
 
 def outer(argv: list[str]) -> int:
-    """Create the namespace, run this script inside it, delete the namespace."""
+    """Create the namespace, run this script inside it to its end, delete the namespace."""
     if os.geteuid() != 0:
         print("bench_tftp: needs root (ip netns)", file=sys.stderr)
         return 1
-    name = f"ovd-bench-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        cmd = ["ip", "netns", "exec", name, sys.executable, __file__, "--inside", *argv]
-        return run_inside(cmd)
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
-
-
-def run_inside(cmd: list[str]) -> int:
-    """Run ``cmd`` (this script, in the namespace) to its end; its exit status.
-
-    If this process is stopped meanwhile (SIGTERM unwinds it), the inside gets a SIGTERM too
-    and stops its servers before the namespace goes.
-    """
-    child = subprocess.Popen(cmd, cwd=REPO)
-    try:
-        return child.wait()
-    finally:
-        if child.poll() is None:
-            child.terminate()
-            child.wait(60)
+    with Netns(prefix="ovd-bench") as ns:
+        return ns.run_to_end([sys.executable, __file__, "--inside", *argv], cwd=REPO)
 
 
 def curl_fetch(port: int, name: str, blksize: int, size: int) -> float:

@@ -500,13 +500,7 @@ def outer(argv: list[str]) -> int:
         print("soak: needs root (ip netns, nft)", file=sys.stderr)
         return 1
     with Netns(prefix="ovd-soak") as ns:
-        child = ns.popen([sys.executable, __file__, "--inside", "--netns", ns.name, *argv])
-        try:
-            return child.wait()
-        finally:
-            if child.poll() is None:
-                child.terminate()
-                child.wait(60)
+        return ns.run_to_end([sys.executable, __file__, "--inside", "--netns", ns.name, *argv])
 
 
 def main() -> int:

@@ -78,6 +78,18 @@ class Netns:
         """Start a command inside the namespace (``ip netns exec`` execs it: same pid)."""
         return subprocess.Popen(self.wrap(argv), **kw)
 
+    def run_to_end(self, argv: Sequence[str], **kw: Any) -> int:
+        """Run a command inside the namespace to its end; its exit status. If this process
+        unwinds meanwhile (Ctrl-C, or SIGTERM made to unwind), the command gets a SIGTERM and
+        is waited for, so that it stops its servers before the namespace goes."""
+        child = self.popen(argv, **kw)
+        try:
+            return child.wait()
+        finally:
+            if child.poll() is None:
+                child.terminate()
+                child.wait(60)
+
     def ip(self, *args: str) -> None:
         """Run ``ip`` inside the namespace."""
         _ip("-n", self.name, *args)
