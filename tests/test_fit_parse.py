@@ -161,7 +161,35 @@ BAD_INPUTS = [
     ("truncated", lambda b: b[: len(b) // 2], "truncated: header totalsize"),
     ("bad version", lambda b: _patch(b, 20, 1), "malformed FDT"),
     ("struct past end", lambda b: _patch(b, 36, len(b) * 2), "malformed FDT"),
+    (
+        "old version",
+        lambda b: _patch(_patch(b, 24, 15), 20, 15),
+        "malformed FDT: version 15, want 16 or later",
+    ),
+    # The root's first property: after its FDT_BEGIN_NODE and empty name, tag then length.
+    (
+        "property past the struct",
+        lambda b: _root_prop_length(b, 0x7FFFFFF0),
+        "run past the structure block",
+    ),
+    ("no FDT_END", lambda b: _struct_last_tag(b, 5), "malformed FDT: tag 0x5 after the root node"),
 ]
+
+
+def _root_prop_length(blob: bytes, length: int) -> bytes:
+    off_struct = struct.unpack_from(">I", blob, 8)[0]
+    assert struct.unpack_from(">I", blob, off_struct + 8)[0] == 3  # FDT_PROP
+    return _patch(blob, off_struct + 12, length)
+
+
+def _struct_last_tag(blob: bytes, tag: int) -> bytes:
+    off_struct, size_struct = (
+        struct.unpack_from(">I", blob, 8)[0],
+        struct.unpack_from(">I", blob, 36)[0],
+    )
+    end = off_struct + size_struct - 4
+    assert struct.unpack_from(">I", blob, end)[0] == 9  # FDT_END
+    return _patch(blob, end, tag)
 
 
 @pytest.mark.parametrize(("case", "damage", "message"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
