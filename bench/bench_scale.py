@@ -625,6 +625,7 @@ served s:    landing to every board's script (HTTP) naming the build, with its F
 cpu s:       the service's CPU (its own and its waited-for children's) in that time
 store +MB:   bytes allocated in the store since it was ready; growth: that / landed bytes
 rss MB:      the service's peak RSS; helpers: the largest peak RSS of its helper processes
+             (VmHWM counts mapped file pages: the hash process maps each file it hashes)
 tftp:        sampled boards whose script, FIT and initrd checked out over TFTP"""
 
 

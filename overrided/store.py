@@ -14,10 +14,12 @@ or indexed refers to any more is deleted only after the grace period.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,6 +158,13 @@ class HashProcess:
                     raise OSError(int(code), message, str(path))
                 if len(answer) == 64:
                     return answer
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(1)
+                if proc.returncode == -signal.SIGBUS:
+                    # It hashes a mapping of the file, and the file shrank under it: the file
+                    # changed, the process did not fail. A new one hashes the next file.
+                    self._stop()
+                    raise OSError(errno.EAGAIN, "it shrank while it was hashed", str(path))
                 log.warning("store: the hash process stopped: hashing in the service")
                 self._stop()
                 self._failed = True

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -371,3 +373,51 @@ def test_the_hash_process_ends_with_its_owner(tmp_path: Path) -> None:
     del hp
     gc.collect()
     assert proc.returncode == 0  # reaped: it saw its input end and left
+
+
+def test_the_hash_process_hashes_a_mapping_and_reads_what_it_cannot_map(tmp_path: Path) -> None:
+    from overrided.store import HashProcess
+
+    files = {
+        "empty": b"",  # cannot be mapped: read
+        "odd": bytes(range(256)) * 12345 + b"tail",  # several chunks, the last one short
+    }
+    hp = HashProcess()
+    try:
+        for name, data in files.items():
+            (tmp_path / name).write_bytes(data)
+            assert hp.digest(tmp_path / name) == hashlib.sha256(data).hexdigest(), name
+        with pytest.raises(OSError, match="No such file"):
+            hp.digest(tmp_path / "absent")
+        assert hp._proc is not None and hp._proc.poll() is None  # answered, still running
+    finally:
+        hp.close()
+
+
+def test_a_file_that_shrinks_while_it_is_hashed_is_an_error_not_a_dead_hash_process(
+    tmp_path: Path,
+) -> None:
+    """The hash process maps the file: truncating it kills that process with SIGBUS. The caller
+    learns that the file shrank, and the next file is hashed by a new process, not here."""
+    from overrided.store import HashProcess
+
+    big = tmp_path / "big"
+    with big.open("wb") as f:
+        f.truncate(8 << 30)  # sparse: 8 GiB take seconds to hash at any speed
+    hp = HashProcess()
+    hp.start()
+    first = hp._proc
+    timer = threading.Timer(0.3, lambda: os.truncate(big, 0))
+    timer.start()
+    try:
+        with pytest.raises(OSError, match="shrank while it was hashed") as caught:
+            hp.digest(big)
+        assert caught.value.filename == str(big)
+        assert first is not None and first.returncode == -signal.SIGBUS
+        small = tmp_path / "small"
+        small.write_bytes(b"x" * (5 << 20))
+        assert hp.digest(small) == hashlib.sha256(b"x" * (5 << 20)).hexdigest()
+        assert not hp._failed and hp._proc is not None and hp._proc is not first
+    finally:
+        timer.join()
+        hp.close()
