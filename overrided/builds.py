@@ -17,11 +17,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from overrided.discovery import (
     KERNEL_ARCH,
@@ -38,7 +38,7 @@ from overrided.store import Blob, Store, StoreError, fingerprint
 from overrided.writers import being_written, wait_quiet
 
 if TYPE_CHECKING:
-    pass
+    from overrided.cpio import Part
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,19 @@ def _fit_still_growing(fit: Path | None) -> bool:
 FitReady = Callable[[Build, Callable[[], bool]], None]
 
 
+class MembersReader(Protocol):
+    """Who lists a new modules CPIO's members (the renders' initrd warnings need them)."""
+
+    def read(self, copy: Path) -> Future[list[Part]]:
+        """List the members of a modules CPIO's finished copy, on the ingesting thread, while
+        the hash process is still hashing it (``Store.ingest``'s ``meanwhile``)."""
+        ...
+
+    def stored(self, blob: Blob, read: Future[list[Part]] | None) -> None:
+        """The CPIO is a blob now, listed as ``read`` (``None``: not listed yet)."""
+        ...
+
+
 def index_build(
     path: Path,
     store: Store,
@@ -243,13 +256,14 @@ def index_build(
     fits: FitCache | None = None,
     hash_modules: bool = False,
     previous: Build | None = None,
-    ingested: Callable[[Blob], object] | None = None,
+    members: MembersReader | None = None,
     fit_ready: FitReady | None = None,
 ) -> Build:
     """Index one build folder; problems become ``Build.error``, never exceptions.
 
-    ``ingested`` is called with each modules CPIO's blob as soon as it is stored, on the
-    thread that stored it (the renders that follow read its members). ``fit_ready`` is called
+    ``members`` is told of each modules CPIO's blob as soon as it is stored, on the thread
+    that stored it (the renders that follow read its members); with ``hash_modules`` it lists
+    them while the hash of the copy is computed. ``fit_ready`` is called
     on this thread with the build as its FIT makes it (no modules yet) once the FIT is parsed
     and checked, while the modules CPIOs may still be hashed and copied, and with a function
     that says whether they are done (``FitReady``).
@@ -307,7 +321,7 @@ def index_build(
         ):
             return previous
         built = _index(
-            name, path, inputs, store, fits, ingested, eager=hash_modules, fit_ready=fit_ready
+            name, path, inputs, store, fits, members, eager=hash_modules, fit_ready=fit_ready
         )
         return dataclasses.replace(built, stamp=stamp)
     except OverridedError as err:
@@ -322,7 +336,7 @@ def _index(
     inputs: Inputs,
     store: Store,
     fits: FitCache | None,
-    ingested: Callable[[Blob], object] | None = None,
+    members: MembersReader | None = None,
     *,
     eager: bool = False,
     fit_ready: FitReady | None = None,
@@ -333,7 +347,7 @@ def _index(
     # The modules CPIOs (hundreds of MB) are ingested on a thread of their own, while the FIT is
     # ingested and parsed here: the copies run in the kernel, without the GIL.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-{name}") as pool:
-        module_jobs = [pool.submit(_ingest, store, m, ingested, eager) for m in modules]
+        module_jobs = [pool.submit(_ingest, store, m, members, eager) for m in modules]
         build = _index_fit(name, path, inputs, store, fits, eager=eager)
         if fit_ready is not None and module_jobs:
             fit_ready(build, lambda: all(job.done() for job in module_jobs))
@@ -346,10 +360,12 @@ def _index(
     return build
 
 
-def _ingest(store: Store, path: Path, then: Callable[[Blob], object] | None, eager: bool) -> Blob:
-    blob = store.ingest(path, eager=eager)
-    if then is not None:
-        then(blob)
+def _ingest(store: Store, path: Path, members: MembersReader | None, eager: bool) -> Blob:
+    if members is None:
+        return store.ingest(path, eager=eager)
+    read: list[Future[list[Part]]] = []
+    blob = store.ingest(path, eager=eager, meanwhile=lambda copy: read.append(members.read(copy)))
+    members.stored(blob, read[0] if read else None)
     return blob
 
 

@@ -332,7 +332,7 @@ def _index_one(
         hash_modules=changes.builds is not None,
         previous=previous,
         fits=env.ctx.fits,  # the renders that follow use this parse
-        ingested=env.ctx.inspect_soon,  # their members are read while the FIT is parsed
+        members=env.ctx,  # their members are read while they are hashed
         # A build that just landed: its trims are made while its modules are stored.
         fit_ready=fit_ready if changes.builds is not None else None,
     )

@@ -18,6 +18,7 @@ script names the ``boot net`` image ``<user>-linux-<hostname>`` instead (see
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -228,6 +229,29 @@ class RenderContext:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspect")
         self._inspections[blob.digest] = self._pool.submit(cpio.inspect, blob.path)
+        while len(self._inspections) > _INSPECTED:
+            self._inspections.pop(next(iter(self._inspections)))  # the oldest
+
+    def read(self, copy: Path) -> Future[list[cpio.Part]]:
+        """``builds.MembersReader``: list the members of a modules CPIO's finished copy in the
+        store, on the thread that ingests it, while its hash is computed in another process."""
+        done: Future[list[cpio.Part]] = Future()
+        try:
+            done.set_result(cpio.inspect(copy))
+        except Exception as err:  # handed to whoever needs the members
+            done.set_exception(err)
+        return done
+
+    def stored(self, blob: Blob, read: Future[list[cpio.Part]] | None) -> None:
+        """``builds.MembersReader``: the members ``read`` from the copy that became ``blob``
+        are the blob's; a copy that could not be listed is read again as the blob, so that
+        what went wrong names the blob's file."""
+        if read is None or read.exception() is not None:
+            self.inspect_soon(blob)
+            return
+        listed: Future[list[cpio.Part]] = Future()
+        listed.set_result([dataclasses.replace(p, path=blob.path) for p in read.result()])
+        self._inspections[blob.digest] = listed
         while len(self._inspections) > _INSPECTED:
             self._inspections.pop(next(iter(self._inspections)))  # the oldest
 

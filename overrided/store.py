@@ -431,7 +431,14 @@ class Store:
         tmp.write_bytes(data)
         return self.adopt(tmp)
 
-    def ingest(self, source: Path, *, here: bool = False, eager: bool = False) -> Blob:
+    def ingest(
+        self,
+        source: Path,
+        *,
+        here: bool = False,
+        eager: bool = False,
+        meanwhile: Callable[[Path], object] | None = None,
+    ) -> Blob:
         """Make ``source`` an immutable blob: hashed once (``digests``), stored once per
         distinct content. A file whose content is stored already costs its hash only.
 
@@ -439,6 +446,11 @@ class Store:
         place; the copy (a reflink where possible) is the store's own. The copy is checked
         against the file's stat signature before and after, so the blob holds exactly the
         bytes that were hashed; ``StoreError`` if the file changed meanwhile.
+
+        ``meanwhile`` is called on this thread with the finished copy (the store's own file,
+        which nothing else writes) while the hash process is still hashing, when a big file is
+        copied and hashed side by side (``eager``); what it reads there is what the blob holds
+        if the ingest then succeeds.
         """
         with source.open("rb") as src:
             before = os.fstat(src.fileno())
@@ -447,7 +459,9 @@ class Store:
                 # A big file just written (``eager``): it is hashed (by the hash process, or
                 # ``here``) while the kernel copies it, and the copy is dropped if its content
                 # is stored already.
-                tmp, digest = self._copy_while_hashing(source, src.fileno(), before.st_size, here)
+                tmp, digest = self._copy_while_hashing(
+                    source, src.fileno(), before.st_size, here, meanwhile
+                )
             else:
                 digest = self.digests.of(source, here=here)
             existing = self.blob(digest)
@@ -471,11 +485,16 @@ class Store:
     put_file = ingest
 
     def _copy_while_hashing(
-        self, source: Path, src: int, size: int, here: bool
+        self,
+        source: Path,
+        src: int,
+        size: int,
+        here: bool,
+        meanwhile: Callable[[Path], object] | None = None,
     ) -> tuple[Path, str]:
         """A temp copy of ``source`` and its digest, computed side by side: the hash process
-        hashes while this thread copies, or (``here``) this thread hashes while another copies
-        (both release the GIL)."""
+        hashes while this thread copies (then calls ``meanwhile`` with the copy), or (``here``)
+        this thread hashes while another copies (both release the GIL)."""
         if here:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy") as pool:
                 copying = pool.submit(self._copy, source, src, size)
@@ -489,6 +508,8 @@ class Store:
         self.digests.start(source)
         tmp = self._copy(source, src, size)
         try:
+            if meanwhile is not None:
+                meanwhile(tmp)
             return tmp, self.digests.of(source)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -6,6 +6,8 @@ and equal inputs give equal views and names."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import hashlib
 import re
 import shutil
@@ -463,6 +465,45 @@ def test_a_landed_builds_trims_are_made_while_its_modules_are_stored(
     assert info.configuration and build.module_blobs
     fit_view = snap.renders["a"].names[info.artifacts["fit"]]
     assert fit_view is trims[info.configuration]  # the render took the trim made meanwhile
+
+
+def test_a_landed_builds_modules_are_listed_from_their_copy_while_it_is_hashed(
+    tmp_path: Path, sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renders' initrd warnings need the modules CPIO's members: they are read from the
+    store's copy while the hash process hashes it, then belong to the blob, so no reading of
+    the blob is started after it is stored. A copy that cannot be listed is read again as the
+    blob, so that the error names the blob's file."""
+    from overrided import cpio
+    from overrided import store as store_mod
+    from overrided.pipeline import Changes, Env, Snapshot, refresh
+
+    monkeypatch.setattr(store_mod, "_BIG_FILE", 0)  # every file takes the big files' path
+    folder = tmp_path / "kernel-builds" / "b1"
+    folder.mkdir(parents=True)
+    shutil.copy(sample, folder / "image.fit")
+    modules_cpio(folder / "modules-6.19.0-arm64.cpio", "6.19.0")
+    ctx = context(tmp_path)
+    ctx.boards_dir.mkdir()
+    (ctx.boards_dir / "a.toml").write_text('compatible = ["v,board-a"]\n')
+    env = Env(folder.parent, ctx.boards_dir, ctx.store, ctx, grace=60.0)
+    snap = refresh(Snapshot(), Changes(frozenset({"b1"}), True), env).snapshot
+    (blob,) = snap.builds["b1"].module_blobs
+    assert ctx._pool is None  # nothing was read after the blob was stored
+    listed = ctx.inspected(blob.path)
+    assert listed == [
+        dataclasses.replace(p, path=blob.path) for p in cpio.inspect(blob.path)
+    ] and all(p.path == blob.path for p in listed)
+    assert snap.infos["a"].error is None
+
+    broken = tmp_path / "broken.cpio"
+    broken.write_bytes(b"not a cpio archive at all")
+    failed: concurrent.futures.Future[list[cpio.Part]] = ctx.read(broken)
+    assert isinstance(failed.exception(), cpio.CpioError)
+    bad = ctx.store.put_bytes(b"not a cpio archive at all")
+    ctx.stored(bad, failed)
+    with pytest.raises(cpio.CpioError, match=bad.digest):
+        ctx.inspected(bad.path)
 
 
 def test_the_warm_up_stops_once_the_modules_are_stored(

@@ -105,6 +105,43 @@ def test_a_file_changed_while_it_is_ingested_is_refused(
     assert blob.digest == hashlib.sha256(src.read_bytes()).hexdigest()
 
 
+def test_meanwhile_reads_the_finished_copy_while_the_hash_process_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``meanwhile`` gets the store's own copy, whole, before the digest is known; the blob is
+    that copy. Ingests that do not copy beside the hash process do not call it."""
+    from overrided import store as store_mod
+
+    monkeypatch.setattr(store_mod, "_BIG_FILE", 1024)
+    store = Store(tmp_path / "st")
+    src = tmp_path / "modules.cpio"
+    src.write_bytes(bytes(range(256)) * 100)
+    seen: list[tuple[Path, bytes, bool]] = []
+    asked: list[Path] = []
+    real_of = store.digests.of
+
+    def of(path: Path, **kwargs: bool) -> str:
+        asked.append(path)
+        return real_of(path, **kwargs)
+
+    monkeypatch.setattr(store.digests, "of", of)
+
+    def meanwhile(copy: Path) -> None:
+        seen.append((copy, copy.read_bytes(), bool(asked)))
+
+    blob = store.ingest(src, eager=True, meanwhile=meanwhile)
+    assert len(seen) == 1
+    copy, data, digest_asked = seen[0]
+    assert copy.parent == store.tmp and data == src.read_bytes()
+    assert not digest_asked  # called before waiting for the digest
+    assert blob.path.read_bytes() == data and not copy.exists()  # the copy became the blob
+    other = tmp_path / "other.cpio"
+    other.write_bytes(b"x" * 4096)
+    for kwargs in ({"eager": False}, {"eager": True, "here": True}):
+        store.ingest(other, meanwhile=meanwhile, **kwargs)
+    assert len(seen) == 1
+
+
 @pytest.mark.parametrize("here", [False, True], ids=["hash-process", "here"])
 def test_a_big_new_file_is_copied_while_it_is_hashed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, here: bool
