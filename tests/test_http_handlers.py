@@ -768,3 +768,61 @@ def test_metrics_count_a_transfer_once_whatever_its_progress_reports() -> None:
     assert 'overrided_transfers_total{outcome="ok",protocol="tftp"} 1.0' in text
     assert 'overrided_transfer_bytes_total{protocol="tftp"} 3000.0' in text
     assert 'overrided_active_transfers{protocol="tftp"} 0.0' in text
+
+
+async def test_a_literal_body_leaves_with_its_headers_in_one_write(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script is a few hundred bytes: one write of headers and body, not two (thousands of
+    boards fetch theirs after a build lands). curl is the client, so every write counted is
+    the server's."""
+    from aiohttp import http_writer
+
+    writes: list[bytes] = []
+    real_write = http_writer.StreamWriter._write
+    real_lines = http_writer.StreamWriter._writelines
+
+    def write(self: http_writer.StreamWriter, chunk: bytes) -> None:
+        writes.append(bytes(chunk))
+        real_write(self, chunk)
+
+    def writelines(self: http_writer.StreamWriter, chunks: list[bytes]) -> None:
+        writes.append(b"".join(chunks))
+        real_lines(self, chunks)
+
+    monkeypatch.setattr(http_writer.StreamWriter, "_write", write)
+    monkeypatch.setattr(http_writer.StreamWriter, "_writelines", writelines)
+    body = b"#!/bin/sh\nglobal.bootm.image=/mnt/tftp/lab-linux-rock3a\n"
+    server.service.entries["script"] = Entry("script", View.of_bytes(body), "rock3a")
+    code, got = await asyncio.to_thread(server.status, f"{server.url}/script")
+    assert code == 200 and got == body.decode()
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(body)
+    writes.clear()
+    code, got = await asyncio.to_thread(
+        server.status, "-H", "Range: bytes=10-19", f"{server.url}/script"
+    )
+    assert code == 206 and got == body[10:20].decode() and len(writes) == 1
+    assert b"Content-Range: bytes 10-19/" in writes[0]
+    assert server.service.journal.of("rock3a", 1)[0].sent == 10
+
+
+async def test_a_head_only_ends(server: Server, served: bytes) -> None:
+    """A HEAD sends no body: it makes one event, the transfer's end (a probe), and leaves the
+    active-transfers gauge where it was; a GET starts and ends."""
+    kinds: list[tuple[str, object]] = []
+    server.service.events.listen(lambda e: kinds.append((e.kind, e.data.get("outcome"))))
+    async with aiohttp.ClientSession() as http:
+        async with http.head(f"{server.url}/{NAME}") as resp:
+            assert resp.status == 200 and resp.headers["Content-Length"] == str(len(served))
+        assert kinds == [("transfer-finished", "probe")]
+        kinds.clear()
+        async with http.get(f"{server.url}/{NAME}") as resp:
+            assert await resp.read() == served
+        for _ in range(200):  # the server ends the transfer once its last write returned
+            if len(kinds) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [k for k, _ in kinds] == ["transfer-started", "transfer-finished"]
+    code, text = await asyncio.to_thread(server.status, f"{server.url}/metrics")
+    assert 'overrided_active_transfers{protocol="http"} 0.0' in text
+    assert 'overrided_transfers_total{outcome="probe",protocol="http"} 1.0' in text

@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from overrided.fetch import FetchSettings
 from overrided.http import api, dhcp, events, files, openapi, uploads
 from overrided.http.context import MAX_UPLOAD, SERVICE, STREAMS, TOKEN, UPLOAD_LOCKS
-from overrided.http.errors import Handler, errors_as_json, json_error
+from overrided.http.errors import Handler, RequestError, error_answer, json_error
 from overrided.http.fetch import FETCHING, Fetching, put_build_by_url
 from overrided.http.metrics import METRICS, Metrics, serve_metrics
 from overrided.http.token import bearer_matches
@@ -46,12 +46,21 @@ def refusal(request: web.Request) -> web.Response | None:
 
 
 @web.middleware
-async def faults_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """JSON for what ``errors_as_json`` lets through, never aiohttp's text/plain 500."""
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request: a write needs ``Authorization: Bearer <token>`` (reads are open), and
+    whatever goes wrong is answered in JSON: our ``RequestError``s and aiohttp's HTML/plain
+    errors (``error_answer``), and anything else (``fault_answer``), never aiohttp's text/plain
+    500. One middleware, not three: it runs for each of the thousands of requests a lab's
+    boards make after a build lands."""
     try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
+        refused = refusal(request)
+        return refused if refused is not None else await handler(request)
+    except RequestError as err:
+        return error_answer(request, err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_answer(request, exc)
     except Exception as err:
         if request.writer.output_size > 0:
             raise  # the answer has begun: only dropping the connection is left (aiohttp does)
@@ -136,13 +145,6 @@ def make_runner(app: web.Application, *, timeout: float = DEFAULT_TIMEOUT) -> we
     )
 
 
-@web.middleware
-async def writes_need_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse writes without ``Authorization: Bearer <token>``; reads are open."""
-    refused = refusal(request)
-    return refused if refused is not None else await handler(request)
-
-
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     """Answer ``Expect: 100-continue`` (RFC 9110 §10.1.1) with 401/413 before the body is sent.
 
@@ -178,7 +180,7 @@ def make_app(
     """
     if not token:
         raise ValueError("make_app needs a non-empty upload token")
-    app = web.Application(middlewares=[faults_as_json, errors_as_json, writes_need_token])
+    app = web.Application(middlewares=[guard])
     app[SERVICE] = service
     app[TOKEN] = token
     app[MAX_UPLOAD] = max_upload

@@ -38,23 +38,17 @@ def json_error(
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn aiohttp's HTML/plain errors and our ``RequestError`` into JSON errors."""
-    try:
-        return await handler(request)
-    except RequestError as err:
-        return json_error(err.status, str(err))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 404:
-            message = f"{request.path}: not found (see /openapi.json for the API)"
-        elif exc.status == 405:
-            message = f"{request.method} is not allowed on {request.path}"
-        else:
-            message = exc.text or exc.reason
-        return json_error(exc.status, message, headers=_kept_headers(exc))
+def error_answer(request: web.Request, exc: RequestError | web.HTTPException) -> web.Response:
+    """The JSON answer to our ``RequestError`` or to one of aiohttp's HTML/plain errors."""
+    if isinstance(exc, RequestError):
+        return json_error(exc.status, str(exc))
+    if exc.status == 404:
+        message = f"{request.path}: not found (see /openapi.json for the API)"
+    elif exc.status == 405:
+        message = f"{request.method} is not allowed on {request.path}"
+    else:
+        message = exc.text or exc.reason
+    return json_error(exc.status, message, headers=_kept_headers(exc))
 
 
 def _kept_headers(exc: web.HTTPException) -> dict[str, str]:

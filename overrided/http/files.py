@@ -291,12 +291,25 @@ async def _send(
             headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
         )
 
-    response = web.StreamResponse(status=todo.status, headers=validators)
+    head = request.method == "HEAD"
+    # A body of literal bytes only (a script, a PXE menu) goes out with the headers in one
+    # write; file ranges go by sendfile, after the headers.
+    literal: bytes | None = None
+    if not head and todo.count:
+        pieces = list(opened.pieces(todo.first, todo.count))
+        if all(isinstance(p, bytes) for p in pieces):
+            literal = b"".join(p for p in pieces if isinstance(p, bytes))
+    response = (
+        web.StreamResponse(status=todo.status, headers=validators)
+        if literal is None or head
+        else web.Response(status=todo.status, headers=validators, body=literal)
+    )
     response.headers["Accept-Ranges"] = "bytes"  # RFC 9110 §14.3
     response.headers["Content-Type"] = "application/octet-stream"
     if todo.range is not None:
         response.headers["Content-Range"] = todo.range.content_range(size)  # RFC 9110 §14.4
-    response.content_length = todo.count
+    if literal is None:
+        response.content_length = todo.count
 
     transfer = Transfer(
         protocol="http",
@@ -305,12 +318,15 @@ async def _send(
         board=entry.board,
         size=size,
         options={"range": f"{todo.first}-{todo.first + todo.count - 1}"} if todo.range else {},
-        outcome="probe" if request.method == "HEAD" else "ok",
+        outcome="probe" if head else "ok",
     )
-    service.started(transfer)
+    if not head:
+        service.started(transfer)  # a HEAD sends no body: it only ends
     try:
         await response.prepare(request)
-        if request.method != "HEAD" and todo.count:
+        if literal is not None:
+            transfer.sent = len(literal)  # written by write_eof, with the headers
+        elif not head and todo.count:
             await _send_body(request, response, opened, todo.first, todo.count, transfer)
         await response.write_eof()
     except Shrank as err:

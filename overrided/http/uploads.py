@@ -105,7 +105,7 @@ class ClientFault(OverridedError):
     """The client broke an upload off: it went away, or stopped sending.
 
     Not a ``RequestError``: the application logs it as one warning line, answers ``status`` in
-    case anyone still listens, and closes the connection (``app.faults_as_json``).
+    case anyone still listens, and closes the connection (``app.guard``).
     """
 
     def __init__(self, status: int, message: str) -> None:
