@@ -824,5 +824,6 @@ async def test_a_head_only_ends(server: Server, served: bytes) -> None:
             await asyncio.sleep(0.01)
         assert [k for k, _ in kinds] == ["transfer-started", "transfer-finished"]
     code, text = await asyncio.to_thread(server.status, f"{server.url}/metrics")
+    assert code == 200
     assert 'overrided_active_transfers{protocol="http"} 0.0' in text
     assert 'overrided_transfers_total{outcome="probe",protocol="http"} 1.0' in text
