@@ -505,10 +505,11 @@ def _in_stream(where: str, kind: str) -> Callable[[int], str]:
     return lambda at: f"{where} ({kind} stream), decompressed offset {at}"
 
 
-def _walk(path: Path) -> Iterator[Entry | Part]:
-    """Every entry of every part of ``path`` as it is read, each part followed by its summary."""
+def _walk(path: Path, opened: BinaryIO | None = None) -> Iterator[Entry | Part]:
+    """Every entry of every part of ``path`` as it is read, each part followed by its summary
+    (read from ``opened`` when given, which is then closed)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; generators cannot use ``with`` early
+        f = opened or open(path, "rb")  # noqa: SIM115 - closed below; generators cannot use ``with`` early
     except OSError as err:
         raise CpioError(f"{path}: {err.strerror}") from None
     with f:
@@ -588,9 +589,12 @@ def entries(path: Path) -> Iterator[Entry]:
             yield item
 
 
-def inspect(path: Path) -> list[Part]:
-    """The parts of an initrd file as the kernel would unpack them, each with its members."""
-    return [item for item in _walk(path) if isinstance(item, Part)]
+def inspect(path: Path, opened: BinaryIO | None = None) -> list[Part]:
+    """The parts of an initrd file as the kernel would unpack them, each with its members.
+
+    ``opened``: the file, open already (it may have been renamed since), closed once read.
+    """
+    return [item for item in _walk(path, opened) if isinstance(item, Part)]
 
 
 def decompressed(path: Path, offset: int = 0) -> Generator[bytes, None, None]:

@@ -226,34 +226,46 @@ class RenderContext:
         second), so that renders which need them wait less or not at all."""
         if blob.digest in self._inspections:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspect")
-        self._inspections[blob.digest] = self._pool.submit(cpio.inspect, blob.path)
+        self._inspections[blob.digest] = self._inspecting().submit(cpio.inspect, blob.path)
         while len(self._inspections) > _INSPECTED:
             self._inspections.pop(next(iter(self._inspections)))  # the oldest
 
     def read(self, copy: Path) -> Future[list[cpio.Part]]:
-        """``builds.MembersReader``: list the members of a modules CPIO's finished copy in the
-        store, on the thread that ingests it, while its hash is computed in another process."""
-        done: Future[list[cpio.Part]] = Future()
+        """``builds.MembersReader``: start listing the members of a modules CPIO's finished
+        copy in the store while its hash is computed in another process. The copy is opened
+        here: it is renamed into the blobs once hashed, maybe before the listing begins."""
         try:
-            done.set_result(cpio.inspect(copy))
-        except Exception as err:  # handed to whoever needs the members
-            done.set_exception(err)
-        return done
+            opened = open(copy, "rb")  # noqa: SIM115 - closed by cpio.inspect
+        except OSError as err:
+            failed: Future[list[cpio.Part]] = Future()
+            failed.set_exception(err)
+            return failed
+        return self._inspecting().submit(cpio.inspect, copy, opened)
 
     def stored(self, blob: Blob, read: Future[list[cpio.Part]] | None) -> None:
         """``builds.MembersReader``: the members ``read`` from the copy that became ``blob``
-        are the blob's; a copy that could not be listed is read again as the blob, so that
+        are the blob's. A copy that could not be listed is read again as the blob, so that
         what went wrong names the blob's file."""
-        if read is None or read.exception() is not None:
+        if read is None:
             self.inspect_soon(blob)
             return
-        listed: Future[list[cpio.Part]] = Future()
-        listed.set_result([dataclasses.replace(p, path=blob.path) for p in read.result()])
-        self._inspections[blob.digest] = listed
+
+        def as_blob() -> list[cpio.Part]:
+            # Runs on the same single thread, after the listing: ``read`` is done.
+            try:
+                parts = read.result()
+            except Exception:  # read again below, for a message that names the blob
+                return cpio.inspect(blob.path)
+            return [dataclasses.replace(p, path=blob.path) for p in parts]
+
+        self._inspections[blob.digest] = self._inspecting().submit(as_blob)
         while len(self._inspections) > _INSPECTED:
             self._inspections.pop(next(iter(self._inspections)))  # the oldest
+
+    def _inspecting(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspect")
+        return self._pool
 
     def inspected(self, path: Path) -> list[cpio.Part]:
         """The members of a blob's CPIO parts (``path`` is a store blob's: its name is its

@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -487,21 +488,32 @@ def test_a_landed_builds_modules_are_listed_from_their_copy_while_it_is_hashed(
     ctx.boards_dir.mkdir()
     (ctx.boards_dir / "a.toml").write_text('compatible = ["v,board-a"]\n')
     env = Env(folder.parent, ctx.boards_dir, ctx.store, ctx, grace=60.0)
+    real_inspect = cpio.inspect
+    read: list[Path] = []
+
+    def inspect(path: Path, opened: BinaryIO | None = None) -> list[cpio.Part]:
+        read.append(path)
+        return real_inspect(path, opened)
+
+    monkeypatch.setattr(cpio, "inspect", inspect)
     snap = refresh(Snapshot(), Changes(frozenset({"b1"}), True), env).snapshot
     (blob,) = snap.builds["b1"].module_blobs
-    assert ctx._pool is None  # nothing was read after the blob was stored
+    # Read once, from the copy (the blob's name was not known yet); never from the blob.
+    assert [p.parent for p in read] == [ctx.store.tmp]
     listed = ctx.inspected(blob.path)
     assert listed == [
-        dataclasses.replace(p, path=blob.path) for p in cpio.inspect(blob.path)
+        dataclasses.replace(p, path=blob.path) for p in real_inspect(blob.path)
     ] and all(p.path == blob.path for p in listed)
     assert snap.infos["a"].error is None
 
+    assert len(read) == 1 and snap.infos["a"].error is None
     broken = tmp_path / "broken.cpio"
     broken.write_bytes(b"not a cpio archive at all")
     failed: concurrent.futures.Future[list[cpio.Part]] = ctx.read(broken)
-    assert isinstance(failed.exception(), cpio.CpioError)
     bad = ctx.store.put_bytes(b"not a cpio archive at all")
+    broken.unlink()  # renamed into the blobs, as a copy is: it was opened before
     ctx.stored(bad, failed)
+    assert isinstance(failed.exception(), cpio.CpioError) and str(broken) in str(failed.exception())
     with pytest.raises(cpio.CpioError, match=bad.digest):
         ctx.inspected(bad.path)
 
