@@ -72,8 +72,9 @@ async def watch(
     ``watching`` is set once the folders are watched; the first batch then says
     ``everything``, for what landed before the watch began.
 
-    watchfiles groups changes until no new one arrives for ``step_ms`` (at most 5 s), so a
-    ``make`` writing hundreds of files yields one batch. A folder that is removed (and made
+    watchfiles groups changes until no new one arrives for ``step_ms`` (at most 5 s): it looks
+    every ``step_ms``, so a batch comes one to two steps after its last change, and files
+    written in a burst make one batch. A folder that is removed (and made
     again), replaced, or made after the start is watched anew within ``_RECHECK`` seconds and
     reported as ``Changes(everything=True)``: the kernel's watch of a removed folder is gone
     for good.
