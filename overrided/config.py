@@ -201,7 +201,12 @@ def nfsroot_args(export: str) -> str:
 
 def display_path(path: Path) -> str:
     """``boards/rock3a.toml``: the file with its folder, as error messages name it."""
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return display_name(path.parent.name, path.name)
+
+
+def display_name(folder: str, name: str) -> str:
+    """``display_path`` of the file ``name`` in a folder named ``folder``."""
+    return f"{folder}/{name}" if folder else name
 
 
 def _describe(err: ValidationError) -> str:

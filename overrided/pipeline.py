@@ -31,7 +31,7 @@ from overrided import builds as builds_mod
 from overrided.builds import Build, FitReady, index_build
 from overrided.catalog import Catalog, Group
 from overrided.clients.barebox import default_hostname, script_name, stable_names
-from overrided.config import Board, display_path, load_boards
+from overrided.config import Board, display_name, load_boards
 from overrided.discovery import build_folders
 from overrided.errors import OverridedError
 from overrided.render import (
@@ -403,7 +403,7 @@ def _render_files(
             infos[board.name] = previous.infos.get(board.name, kept.info)
             continue
         try:
-            r = render_board(board, usable, env.ctx)
+            r = render_board(board, usable, env.ctx, file=file)
         except OverridedError as err:  # RenderError, FitError, CpioError, KeyStoreError...
             if kept is not None and kept.info.build in builds:
                 # A new build or board setting that fails to render must not take the board
@@ -439,8 +439,8 @@ def _render_files(
             renders[board.name] = kept  # unchanged: keeps its render time, no event
             infos[board.name] = previous.infos.get(board.name, kept.info)
             continue
-        info = r.info.model_copy(update={"file": file})
-        renders[board.name] = Render(r.names, r.versioned, info)
+        info = r.info
+        renders[board.name] = r
         infos[board.name] = info
         log.info(
             "board %s (%s): build %s, %s: %s%s",
@@ -469,9 +469,9 @@ def _same_build(board: Board, builds: list[Build], kept: Render) -> bool:
         return False
 
 
-def _file_of(board: Board, boards_dir: Path) -> str | None:
-    path = boards_dir / f"{board.name}.toml"
-    return display_path(path) if path.exists() else None
+def _file_of(board: Board, boards_dir: Path) -> str:
+    # A board file's board is named after its file (config.load_board).
+    return display_name(boards_dir.name, f"{board.name}.toml")
 
 
 def hostnames(build: Build) -> dict[str, list[str]]:
@@ -515,6 +515,10 @@ def _render_hostnames(
                 out[(user, host)] = render_board(board, [latest], env.ctx)
             except (OverridedError, ValidationError) as err:
                 log.debug("board %s: not served: %s", script_name(user, host), err)
+            # These renders follow the board files' publication, while the boards fetch what
+            # it serves: the event loop gets the GIL between two of them (a sleep releases it)
+            # instead of waiting up to a switch interval (5 ms) for each of its requests.
+            time.sleep(0)
     return out
 
 

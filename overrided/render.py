@@ -203,6 +203,8 @@ class RenderMemo:
 
     initrds: dict[tuple[tuple[str, ...], str], tuple[View, list[str]]] = field(default_factory=dict)
     files: dict[Path, Blob] = field(default_factory=dict)
+    inits: dict[str, Blob] = field(default_factory=dict)  # by the name a board file gives
+    built: dict[float, str] = field(default_factory=dict)  # a build's time, as renders say it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -399,7 +401,10 @@ def initrd_view(
 def _initrd_parts(board: Board, build: Build, ctx: RenderContext) -> list[Blob]:
     parts = list(build.module_blobs)
     if board.init:
-        parts.append(ctx.ingested(ctx.boards_dir / board.init))
+        init = ctx.memo.inits.get(board.init)
+        if init is None:
+            init = ctx.memo.inits[board.init] = ctx.ingested(ctx.boards_dir / board.init)
+        parts.append(init)
     return parts
 
 
@@ -434,17 +439,19 @@ def warm(board: Board, build: Build, ctx: RenderContext) -> None:
         pass
 
 
-def render_board(board: Board, builds: Sequence[Build], ctx: RenderContext) -> Render:
-    """Resolve and render ``board`` into views; ``RenderError`` (or another ``OverridedError``)
-    says why not."""
+def render_board(
+    board: Board, builds: Sequence[Build], ctx: RenderContext, *, file: str | None = None
+) -> Render:
+    """Resolve and render ``board`` (from board file ``file``, if any) into views;
+    ``RenderError`` (or another ``OverridedError``) says why not."""
     build = pick_build(board, builds)
     try:
-        return _render(board, build, ctx)
+        return _render(board, build, ctx, file)
     except OSError as err:
         raise RenderError(f"{err.filename or build.name}: {err.strerror}") from None
 
 
-def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
+def _render(board: Board, build: Build, ctx: RenderContext, file: str | None) -> Render:
     from overrided.fit import match
 
     parts = ctx.parts_of(build)
@@ -571,7 +578,10 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
     if board.signed_images_forced:
         warnings.append(FORCED_SIGNING_WARNING)
 
-    built = datetime.fromtimestamp(build.mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    built = ctx.memo.built.get(build.mtime)
+    if built is None:
+        built = datetime.fromtimestamp(build.mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ctx.memo.built[build.mtime] = built
     provenance = (
         f"build {build.name}"
         + (f" ({build.release})" if build.release else "")
@@ -618,7 +628,7 @@ def _render(board: Board, build: Build, ctx: RenderContext) -> Render:
         name=board.name,
         hostname=board.hostname,
         user=board.user,
-        file=None,
+        file=file,
         rule=board.rule,
         build=build.name,
         configuration=config,

@@ -507,6 +507,7 @@ def test_a_landed_builds_modules_are_listed_from_their_copy_while_it_is_hashed(
     assert snap.infos["a"].error is None
 
     assert len(read) == 1 and snap.infos["a"].error is None
+    assert snap.infos["a"].file == f"{ctx.boards_dir.name}/a.toml"  # where the board came from
     broken = tmp_path / "broken.cpio"
     broken.write_bytes(b"not a cpio archive at all")
     failed: concurrent.futures.Future[list[cpio.Part]] = ctx.read(broken)
