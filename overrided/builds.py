@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -238,9 +239,10 @@ FitReady = Callable[[Build, Callable[[], bool]], None]
 class MembersReader(Protocol):
     """Who lists a new modules CPIO's members (the renders' initrd warnings need them)."""
 
-    def read(self, copy: Path) -> Future[list[Part]]:
-        """List the members of a modules CPIO's finished copy, on the ingesting thread, while
-        the hash process is still hashing it (``Store.ingest``'s ``meanwhile``)."""
+    def read(self, copy: Path, after: threading.Event) -> Future[list[Part]]:
+        """Start listing the members of a modules CPIO's finished copy while the hash process
+        is still hashing it (called by ``Store.ingest``'s ``meanwhile``), once ``after`` is set
+        (the build's FIT is parsed)."""
         ...
 
     def stored(self, blob: Blob, read: Future[list[Part]] | None) -> None:
@@ -344,11 +346,17 @@ def _index(
     if inputs.fit is None and inputs.kernel is None:
         raise BuildError(f"{name}: no image.fit and no Image/Image.gz/zImage found")
     modules = tuple(sorted(inputs.modules))
+    # The listing of the modules' members waits for the FIT parse: both need the GIL, and the
+    # parse comes first because the trims follow it; the renders need both.
+    parsed = threading.Event()
     # The modules CPIOs (hundreds of MB) are ingested on a thread of their own, while the FIT is
     # ingested and parsed here: the copies run in the kernel, without the GIL.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-{name}") as pool:
-        module_jobs = [pool.submit(_ingest, store, m, members, eager) for m in modules]
-        build = _index_fit(name, path, inputs, store, fits, eager=eager)
+        module_jobs = [pool.submit(_ingest, store, m, members, eager, parsed) for m in modules]
+        try:
+            build = _index_fit(name, path, inputs, store, fits, eager=eager)
+        finally:
+            parsed.set()
         if fit_ready is not None and module_jobs:
             fit_ready(build, lambda: all(job.done() for job in module_jobs))
         try:
@@ -360,11 +368,19 @@ def _index(
     return build
 
 
-def _ingest(store: Store, path: Path, members: MembersReader | None, eager: bool) -> Blob:
+def _ingest(
+    store: Store,
+    path: Path,
+    members: MembersReader | None,
+    eager: bool,
+    parsed: threading.Event,
+) -> Blob:
     if members is None:
         return store.ingest(path, eager=eager)
     read: list[Future[list[Part]]] = []
-    blob = store.ingest(path, eager=eager, meanwhile=lambda copy: read.append(members.read(copy)))
+    blob = store.ingest(
+        path, eager=eager, meanwhile=lambda copy: read.append(members.read(copy, parsed))
+    )
     members.stored(blob, read[0] if read else None)
     return blob
 

@@ -51,6 +51,8 @@ RENDER_VERSION = "3"
 
 # CPIO blobs whose members are remembered (a few builds' modules and init CPIOs).
 _INSPECTED = 16
+# Seconds a modules CPIO's listing waits for its build's FIT parse at most (see ``read``).
+_WAIT_FOR_PARSE = 10.0
 
 FORCED_SIGNING_WARNING = (
     "signed_images_forced: barebox ignores every boot override on this board "
@@ -232,17 +234,23 @@ class RenderContext:
         while len(self._inspections) > _INSPECTED:
             self._inspections.pop(next(iter(self._inspections)))  # the oldest
 
-    def read(self, copy: Path) -> Future[list[cpio.Part]]:
-        """``builds.MembersReader``: start listing the members of a modules CPIO's finished
-        copy in the store while its hash is computed in another process. The copy is opened
-        here: it is renamed into the blobs once hashed, maybe before the listing begins."""
+    def read(self, copy: Path, after: threading.Event) -> Future[list[cpio.Part]]:
+        """``builds.MembersReader``: list the members of a modules CPIO's finished copy in
+        the store while its hash is computed in another process, once ``after`` is set. The
+        copy is opened here: it is renamed into the blobs once hashed, maybe before the listing
+        begins."""
         try:
             opened = open(copy, "rb")  # noqa: SIM115 - closed by cpio.inspect
         except OSError as err:
             failed: Future[list[cpio.Part]] = Future()
             failed.set_exception(err)
             return failed
-        return self._inspecting().submit(cpio.inspect, copy, opened)
+
+        def listing() -> list[cpio.Part]:
+            after.wait(_WAIT_FOR_PARSE)  # set when the FIT parse ends, however it ends
+            return cpio.inspect(copy, opened)
+
+        return self._inspecting().submit(listing)
 
     def stored(self, blob: Blob, read: Future[list[cpio.Part]] | None) -> None:
         """``builds.MembersReader``: the members ``read`` from the copy that became ``blob``

@@ -12,6 +12,8 @@ import hashlib
 import re
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -510,7 +512,13 @@ def test_a_landed_builds_modules_are_listed_from_their_copy_while_it_is_hashed(
     assert snap.infos["a"].file == f"{ctx.boards_dir.name}/a.toml"  # where the board came from
     broken = tmp_path / "broken.cpio"
     broken.write_bytes(b"not a cpio archive at all")
-    failed: concurrent.futures.Future[list[cpio.Part]] = ctx.read(broken)
+    parsed = threading.Event()
+    waiting = ctx.read(blob.path, parsed)  # a listing waits for its build's FIT parse
+    time.sleep(0.2)
+    assert not waiting.done()
+    parsed.set()
+    assert waiting.result(10) == real_inspect(blob.path)
+    failed: concurrent.futures.Future[list[cpio.Part]] = ctx.read(broken, parsed)
     bad = ctx.store.put_bytes(b"not a cpio archive at all")
     broken.unlink()  # renamed into the blobs, as a copy is: it was opened before
     ctx.stored(bad, failed)
