@@ -55,6 +55,11 @@ HOLD_LIMIT = 10.0
 _MAX_HELD = 4096
 # Seconds between two checks of every blob in use against its name.
 VERIFY_EVERY = 3600.0
+# After a refresh publishes the board files' renders, the hostname-only boards (one per FIT
+# configuration: hundreds) are rendered once no request has begun for QUIET seconds, at once
+# when a request waits for one of them, and at the latest LATEST seconds after the publication.
+QUIET = 0.02
+LATEST = 2.0
 
 
 class OverridedService:
@@ -87,6 +92,7 @@ class OverridedService:
         self._busy = False
         self._published: asyncio.Future[None] | None = None
         self._held: dict[tuple[str | None, str], float] = {}  # (client, name) → first held
+        self._last_lookup = 0.0  # time.monotonic() of the last request for a name
         # Tasks that index a build again once its writers closed its files.
         self._writer_waits: dict[str, asyncio.Task[None]] = {}
         self.dhcp: Dnsmasq | None = None  # set by `serve --dhcp`: leases in boards()
@@ -236,6 +242,9 @@ class OverridedService:
                 for event in done.events:
                     self.events.publish(event)
                 self._wake()
+                # The boards that fetch what was just published go first: these renders share
+                # the GIL with the servers' event loop.
+                await self._after_requests()
                 self.snapshot = await asyncio.to_thread(render_hostnames, self.snapshot, env)
             finally:
                 self._busy = self._pending is not None
@@ -245,6 +254,17 @@ class OverridedService:
                     self._writer_waits[name] = asyncio.create_task(
                         self._await_writers(name), name=f"writers-{name}"
                     )
+
+    async def _after_requests(self) -> None:
+        """Return once no request has begun for ``QUIET`` s, a request is held (it may wait
+        for what follows), or ``LATEST`` s have passed."""
+        deadline = time.monotonic() + LATEST
+        while not self._held and not self._stop.is_set():
+            now = time.monotonic()
+            idle = now - self._last_lookup
+            if idle >= QUIET or now >= deadline:
+                return
+            await asyncio.sleep(min(QUIET - idle, deadline - now))
 
     def _wake(self) -> None:
         """Answer the requests held for this snapshot."""
@@ -284,6 +304,7 @@ class OverridedService:
         board's stable names). ``Held`` when a refresh in progress may serve it."""
         cleaned = clean_name(name)
         snapshot = self.snapshot
+        self._last_lookup = time.monotonic()
         if client is not None and self.pins.enabled:
             pinned = self.pins.lookup(snapshot.catalog, cleaned, client)
             if pinned is not None:
