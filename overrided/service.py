@@ -58,7 +58,7 @@ VERIFY_EVERY = 3600.0
 # After a refresh publishes the board files' renders, the hostname-only boards (one per FIT
 # configuration: hundreds) are rendered once no request has begun for QUIET seconds, at once
 # when a request waits for one of them, and at the latest LATEST seconds after the publication.
-QUIET = 0.02
+QUIET = 0.1
 LATEST = 2.0
 
 
@@ -93,6 +93,7 @@ class OverridedService:
         self._published: asyncio.Future[None] | None = None
         self._held: dict[tuple[str | None, str], float] = {}  # (client, name) → first held
         self._last_lookup = 0.0  # time.monotonic() of the last request for a name
+        self._last_held = 0.0  # time.monotonic() of the last request held
         # Tasks that index a build again once its writers closed its files.
         self._writer_waits: dict[str, asyncio.Task[None]] = {}
         self.dhcp: Dnsmasq | None = None  # set by `serve --dhcp`: leases in boards()
@@ -256,12 +257,15 @@ class OverridedService:
                     )
 
     async def _after_requests(self) -> None:
-        """Return once no request has begun for ``QUIET`` s, a request is held (it may wait
-        for what follows), or ``LATEST`` s have passed."""
-        deadline = time.monotonic() + LATEST
-        while not self._held and not self._stop.is_set():
+        """Return once no request has begun for ``QUIET`` s since the call, one was held since
+        (it may wait for what follows), or ``LATEST`` s have passed. Requests held before the
+        call were waiting for the snapshot just published, which serves them."""
+        start = time.monotonic()
+        deadline = start + LATEST
+        while self._last_held < start and not self._stop.is_set():
             now = time.monotonic()
-            idle = now - self._last_lookup
+            # Requests held until the publication ask again once woken: count from it.
+            idle = now - max(self._last_lookup, start)
             if idle >= QUIET or now >= deadline:
                 return
             await asyncio.sleep(min(QUIET - idle, deadline - now))
@@ -352,6 +356,7 @@ class OverridedService:
             )
             self._tasks.append(task)
             task.add_done_callback(self._tasks.remove)
+        self._last_held = now
         return Held(f"{reason}: waiting for the render in progress", self._ready())
 
     def _ready(self) -> asyncio.Future[None]:
