@@ -13,21 +13,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
 
 from overrided.catalog import Catalog, Group
 from overrided.clients.barebox import stable_names
-from overrided.config import Settings
 from overrided.folder import FolderNamespace
 from overrided.pins import Pins
 from overrided.served import Entry, NotServed, Transfer
 from overrided.service import OverridedService
 from overrided.store import Store
 from overrided.tftp import TftpServer
-from tests.support.fits import sample_fit
+from tests.support.serve import rebuild, sample_service
 
 IDLE = 60.0
 GRACE = 600.0
@@ -310,23 +308,8 @@ BOARD = 'user = "afa"\ncompatible = ["v,board-a", "v,soc"]\n'
 def test_the_service_keeps_a_pinned_fit_until_the_pin_ends(tmp_path: Path) -> None:
     """Through ``OverridedService``: lookups with client addresses, a rebuild, and the store's
     collection run again and again; whatever a pin hands out can still be opened."""
-    one = sample_fit(tmp_path / "fit1").fit
-    two = sample_fit(tmp_path / "fit2", hashes=("sha1",)).fit
-    (tmp_path / "boards").mkdir()
-    (tmp_path / "boards" / "a.toml").write_text(BOARD)
-    build = tmp_path / "kernel-builds" / "b1"
-    build.mkdir(parents=True)
-    shutil.copy(one, build / "image.fit")
     grace = 1.0
-    settings = Settings(
-        boards_dir=tmp_path / "boards",
-        builds_dir=tmp_path / "kernel-builds",
-        store_dir=tmp_path / "store",
-        keys_dir=tmp_path / "keys",
-        grace=grace,
-        pin_idle=IDLE,
-        quiet=0.0,
-    )
+    settings, build, two = sample_service(tmp_path, BOARD, grace=grace, pin_idle=IDLE)
 
     async def run() -> None:
         service = OverridedService(settings)
@@ -337,8 +320,7 @@ def test_the_service_keeps_a_pinned_fit_until_the_pin_ends(tmp_path: Path) -> No
             (info,) = service.boards()
             old_fit = info.artifacts["fit"]
             assert service.lookup(old_fit).view == fit.view
-            shutil.copy(two, build / "image.fit.tmp")
-            (build / "image.fit.tmp").replace(build / "image.fit")
+            rebuild(build, two)
             await service.refresh({"b1"})
             new = service.lookup("afa-linux-board-a", client=B)
             assert new.view != fit.view

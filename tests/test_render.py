@@ -26,6 +26,7 @@ from overrided.config import Board
 from overrided.fit import Fit
 from overrided.fit.verify import verify
 from overrided.keys import new_key, public_key_of
+from overrided.pipeline import Env
 from overrided.render import (
     FORCED_SIGNING_WARNING,
     Render,
@@ -66,6 +67,19 @@ def context(tmp_path: Path, store: Store | None = None) -> RenderContext:
         boards_dir=tmp_path / "boards",
         keys_dir=tmp_path / "keys",
     )
+
+
+def landed_build(tmp_path: Path, sample: Path) -> tuple[RenderContext, Env]:
+    """Build b1 (the sample FIT and a modules CPIO) in kernel-builds/, one board file (a), and
+    the refresh's environment over them."""
+    folder = tmp_path / "kernel-builds" / "b1"
+    folder.mkdir(parents=True)
+    shutil.copy(sample, folder / "image.fit")
+    modules_cpio(folder / "modules-6.19.0-arm64.cpio", "6.19.0")
+    ctx = context(tmp_path)
+    ctx.boards_dir.mkdir()
+    (ctx.boards_dir / "a.toml").write_text('compatible = ["v,board-a"]\n')
+    return ctx, Env(folder.parent, ctx.boards_dir, ctx.store, ctx, grace=60.0)
 
 
 def script_of(r: Render) -> str:
@@ -424,15 +438,9 @@ def test_a_landed_builds_trims_are_made_while_its_modules_are_stored(
 
     from overrided import builds as builds_mod
     from overrided import pipeline
-    from overrided.pipeline import Changes, Env, Snapshot, refresh
+    from overrided.pipeline import Changes, Snapshot, refresh
 
-    folder = tmp_path / "kernel-builds" / "b1"
-    folder.mkdir(parents=True)
-    shutil.copy(sample, folder / "image.fit")
-    modules_cpio(folder / "modules-6.19.0-arm64.cpio", "6.19.0")
-    ctx = context(tmp_path)
-    ctx.boards_dir.mkdir()
-    (ctx.boards_dir / "a.toml").write_text('compatible = ["v,board-a"]\n')
+    _, env = landed_build(tmp_path, sample)
     stored = threading.Event()  # the modules CPIO is held until the warm-up has run
     real_ingest = builds_mod._ingest
 
@@ -457,7 +465,6 @@ def test_a_landed_builds_trims_are_made_while_its_modules_are_stored(
 
     monkeypatch.setattr(builds_mod, "_ingest", slow_ingest)
     monkeypatch.setattr(pipeline, "_warmer", warmer)
-    env = Env(folder.parent, ctx.boards_dir, ctx.store, ctx, grace=60.0)
     snap = refresh(Snapshot(), Changes(frozenset({"b1"}), True), env).snapshot
     build = snap.builds["b1"]
     assert seen["done before"] is False and seen["modules"] == ()
@@ -479,17 +486,10 @@ def test_a_landed_builds_modules_are_listed_from_their_copy_while_it_is_hashed(
     blob, so that the error names the blob's file."""
     from overrided import cpio
     from overrided import store as store_mod
-    from overrided.pipeline import Changes, Env, Snapshot, refresh
+    from overrided.pipeline import Changes, Snapshot, refresh
 
     monkeypatch.setattr(store_mod, "_BIG_FILE", 0)  # every file takes the big files' path
-    folder = tmp_path / "kernel-builds" / "b1"
-    folder.mkdir(parents=True)
-    shutil.copy(sample, folder / "image.fit")
-    modules_cpio(folder / "modules-6.19.0-arm64.cpio", "6.19.0")
-    ctx = context(tmp_path)
-    ctx.boards_dir.mkdir()
-    (ctx.boards_dir / "a.toml").write_text('compatible = ["v,board-a"]\n')
-    env = Env(folder.parent, ctx.boards_dir, ctx.store, ctx, grace=60.0)
+    ctx, env = landed_build(tmp_path, sample)
     real_inspect = cpio.inspect
     read: list[Path] = []
 
@@ -530,7 +530,7 @@ def test_a_landed_builds_modules_are_listed_from_their_copy_while_it_is_hashed(
 def test_the_warm_up_stops_once_the_modules_are_stored(
     setup: tuple[Build, RenderContext],
 ) -> None:
-    from overrided.pipeline import Env, _warmer
+    from overrided.pipeline import _warmer
 
     build, ctx = setup
     board = Board(name="a", compatible=["v,board-a"])

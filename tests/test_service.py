@@ -8,38 +8,30 @@ is held for one of them.
 from __future__ import annotations
 
 import asyncio
-import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from overrided import service as service_mod
-from overrided.config import Settings
 from overrided.served import View
 from overrided.service import OverridedService
-from tests.support.fits import sample_fit
+from tests.support.serve import rebuild, sample_service
 
 BOARD = 'user = "afa"\ncompatible = ["v,board-a", "v,soc"]\n'
 SCRIPT_A = "afa-devboot-board-a"  # a board file's board
 LINUX_B = "none-linux-board-b"  # a hostname-only board's FIT
 
 
-def _setup(tmp_path: Path) -> tuple[Settings, Path, Path]:
-    one = sample_fit(tmp_path / "fit1").fit
-    two = sample_fit(tmp_path / "fit2", hashes=("sha1",)).fit
-    (tmp_path / "boards").mkdir()
-    (tmp_path / "boards" / "a.toml").write_text(BOARD)
-    build = tmp_path / "kernel-builds" / "b1"
-    build.mkdir(parents=True)
-    shutil.copy(one, build / "image.fit")
-    settings = Settings(
-        boards_dir=tmp_path / "boards",
-        builds_dir=tmp_path / "kernel-builds",
-        store_dir=tmp_path / "store",
-        keys_dir=tmp_path / "keys",
-        quiet=0.0,
-    )
-    return settings, build, two
+@dataclass
+class Rebuilt:
+    """A rebuild whose board files' renders are published while board a keeps asking."""
+
+    service: OverridedService
+    old_b: View  # the hostname-only board's FIT before the rebuild
+    asking: asyncio.Task[None]  # board a asking for its script
+    refreshing: asyncio.Task[None]  # the refresh of the rebuild
 
 
 async def _asking(service: OverridedService, seconds: float, every: float = 0.02) -> None:
@@ -51,69 +43,62 @@ async def _asking(service: OverridedService, seconds: float, every: float = 0.02
         await asyncio.sleep(every)
 
 
-def _rebuild(build: Path, fit: Path) -> None:
-    shutil.copy(fit, build / "image.fit.tmp")
-    (build / "image.fit.tmp").replace(build / "image.fit")
-
-
-def test_hostname_only_boards_are_rendered_once_requests_pause(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _rebuilt_while_asked(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    asking_for: float,
+    check: Callable[[Rebuilt], Awaitable[None]],
 ) -> None:
+    """Serve build b1, rebuild it while board a asks for its script for ``asking_for`` s, wait
+    until board a is served the rebuild, then ``check``."""
     monkeypatch.setattr(service_mod, "QUIET", 0.3)
     monkeypatch.setattr(service_mod, "LATEST", 30.0)
-    settings, build, two = _setup(tmp_path)
+    settings, build, two = sample_service(tmp_path, BOARD)
 
     async def run() -> None:
         service = OverridedService(settings)
         await service.refresh(None, boards=True)  # nobody asks: both kinds rendered at once
         try:
             old_script, old_b = service.lookup(SCRIPT_A).view, service.lookup(LINUX_B).view
-            _rebuild(build, two)
-            asking = asyncio.create_task(_asking(service, 1.0))
+            rebuild(build, two)
+            asking = asyncio.create_task(_asking(service, asking_for))
             refreshing = asyncio.create_task(service.refresh({"b1"}))
             while service.lookup(SCRIPT_A).view == old_script:
                 await asyncio.sleep(0.01)
-            # The board file's board is served the new build while the requests go on; the
-            # hostname-only board is not rendered anew until they pause.
-            await asyncio.sleep(0.3)
-            assert service.lookup(LINUX_B).view == old_b and not refreshing.done()
-            await asking
-            assert service.lookup(LINUX_B).view == old_b
-            await asyncio.wait_for(refreshing, 10)
-            assert service.lookup(LINUX_B).view != old_b
-        finally:
-            await service.close()
-
-    asyncio.run(run())
-
-
-def test_a_held_request_has_the_hostname_only_boards_rendered_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(service_mod, "QUIET", 0.3)
-    monkeypatch.setattr(service_mod, "LATEST", 30.0)
-    settings, build, two = _setup(tmp_path)
-
-    async def run() -> None:
-        service = OverridedService(settings)
-        await service.refresh(None, boards=True)
-        try:
-            old_script, old_b = service.lookup(SCRIPT_A).view, service.lookup(LINUX_B).view
-            _rebuild(build, two)
-            asking = asyncio.create_task(_asking(service, 3.0))
-            refreshing = asyncio.create_task(service.refresh({"b1"}))
-            while service.lookup(SCRIPT_A).view == old_script:
-                await asyncio.sleep(0.01)
-            # A name only a hostname-only render could serve is held: the renders go now,
-            # although the other board keeps asking.
-            with pytest.raises(service_mod.Held):
-                service.lookup("none-devboot-no-such-board", client="192.0.2.7")
-            await asyncio.wait_for(refreshing, 2.0)
-            assert not asking.done()
-            new_b: View = service.lookup(LINUX_B).view
-            assert new_b != old_b
+            await check(Rebuilt(service, old_b, asking, refreshing))
             asking.cancel()
         finally:
             await service.close()
 
     asyncio.run(run())
+
+
+def test_hostname_only_boards_are_rendered_once_requests_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def check(r: Rebuilt) -> None:
+        # The board file's board is served the new build while the requests go on; the
+        # hostname-only board is not rendered anew until they pause.
+        await asyncio.sleep(0.3)
+        assert r.service.lookup(LINUX_B).view == r.old_b and not r.refreshing.done()
+        await r.asking
+        assert r.service.lookup(LINUX_B).view == r.old_b
+        await asyncio.wait_for(r.refreshing, 10)
+        assert r.service.lookup(LINUX_B).view != r.old_b
+
+    _rebuilt_while_asked(tmp_path, monkeypatch, 1.0, check)
+
+
+def test_a_held_request_has_the_hostname_only_boards_rendered_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def check(r: Rebuilt) -> None:
+        # A name only a hostname-only render could serve is held: the renders go now,
+        # although the other board keeps asking.
+        with pytest.raises(service_mod.Held):
+            r.service.lookup("none-devboot-no-such-board", client="192.0.2.7")
+        await asyncio.wait_for(r.refreshing, 2.0)
+        assert not r.asking.done()
+        assert r.service.lookup(LINUX_B).view != r.old_b
+
+    _rebuilt_while_asked(tmp_path, monkeypatch, 3.0, check)

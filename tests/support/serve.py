@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,9 +24,12 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.support.netns import Netns
+
+if TYPE_CHECKING:
+    from overrided.config import Settings
 
 HOST = "127.0.0.1"
 # One board that the sample FITs (``tests/support/fits.py``) serve as ``board-a``.
@@ -234,3 +238,34 @@ def served_with_board_a(root: Path, *extra: str) -> Served:
     (root / "boards").mkdir(parents=True, exist_ok=True)
     (root / "boards" / "board-a.toml").write_text(BOARD_A)
     return Served(root, extra=extra)
+
+
+def sample_service(tmp_path: Path, board: str, **settings: Any) -> tuple[Settings, Path, Path]:
+    """What an ``OverridedService`` in this process serves: board file ``a.toml`` holding
+    ``board``, build ``b1`` of the sample FIT, and ``settings`` on top. Returns the settings,
+    the build folder, and a second sample FIT (other hashes) to rebuild it with."""
+    from overrided.config import Settings
+    from tests.support.fits import sample_fit
+
+    one = sample_fit(tmp_path / "fit1").fit
+    two = sample_fit(tmp_path / "fit2", hashes=("sha1",)).fit
+    (tmp_path / "boards").mkdir()
+    (tmp_path / "boards" / "a.toml").write_text(board)
+    build = tmp_path / "kernel-builds" / "b1"
+    build.mkdir(parents=True)
+    shutil.copy(one, build / "image.fit")
+    ready = Settings(
+        boards_dir=tmp_path / "boards",
+        builds_dir=tmp_path / "kernel-builds",
+        store_dir=tmp_path / "store",
+        keys_dir=tmp_path / "keys",
+        quiet=0.0,
+        **settings,
+    )
+    return ready, build, two
+
+
+def rebuild(build: Path, fit: Path) -> None:
+    """Replace ``build``'s image.fit with ``fit`` by a rename, as a finished make would."""
+    shutil.copy(fit, build / "image.fit.tmp")
+    (build / "image.fit.tmp").replace(build / "image.fit")
