@@ -295,10 +295,8 @@ async def _send(
     # A body of literal bytes only (a script, a PXE menu) goes out with the headers in one
     # write; file ranges go by sendfile, after the headers.
     literal: bytes | None = None
-    if not head and todo.count:
-        pieces = list(opened.pieces(todo.first, todo.count))
-        if all(isinstance(p, bytes) for p in pieces):
-            literal = b"".join(p for p in pieces if isinstance(p, bytes))
+    if not head and todo.count and not opened.fds:  # a view of literal pieces opens no file
+        literal = opened.read_at(todo.first, todo.count)
     response = (
         web.StreamResponse(status=todo.status, headers=validators)
         if literal is None or head
