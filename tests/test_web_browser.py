@@ -183,7 +183,9 @@ def test_a_tftp_download_shows_progress_then_the_finished_fetch(
     )
     try:
         # Seen by the observer, so a transfer faster than Playwright's polling still counts.
-        page.wait_for_function("window.seen.length > 0", timeout=WAIT_MS)
+        # A function, not an expression: polling an expression evals it, which the page's CSP
+        # (script-src 'self') refuses whenever the first look finds nothing yet.
+        page.wait_for_function("() => window.seen.length > 0", timeout=WAIT_MS)
         if client.poll() is None:
             page.screenshot(path=str(shots / "boards-transfer-desktop.png"))
         assert client.wait(120) == 0
